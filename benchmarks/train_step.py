@@ -1,0 +1,137 @@
+"""Training step time and peak memory: SparsePEFT / NLS LoRA vs stock PEFT LoRA, same rank/batch.
+
+Every configuration runs in its own subprocess (so its peak RSS is its own), and configurations
+are interleaved round by round (this machine is noisy: runs minutes apart differ by 15-25 %).
+Ratios are against stock PEFT LoRA with bf16 autocast measured in the same run.
+
+Usage: python benchmarks/train_step.py [--quick]
+Writes benchmarks/results/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONFIGS = {
+    # name: (implementation, mode, autocast bf16)
+    "peft-lora-fp32": ("peft", "lora", False),
+    "peft-lora-bf16": ("peft", "lora", True),
+    "sqft-nls-lora-bf16": ("sqft", "lora", True),
+    "sqft-sparsepeft-bf16": ("sqft", "sparsepeft", True),
+    "sqft-sparsepeft-fp32": ("sqft", "sparsepeft", False),
+}
+BASELINE = "peft-lora-bf16"
+TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+
+
+def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
+    import torch
+
+    import sqft_intel as sq
+    from sqft_intel.device import set_threads
+    from sqft_intel.lm_head import answer_loss
+    from sqft_intel.sparsity.wanda import row_mask
+
+    set_threads()
+    impl, mode, bf16 = CONFIGS[name]
+    model, _ = sq.load_model("smollm2-135m")
+    torch.manual_seed(0)
+    if impl == "peft":
+        from peft import LoraConfig, get_peft_model
+
+        peft = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05,
+                                                target_modules=list(TARGETS)))
+        model = peft.base_model.model
+        sample = None
+    else:
+        masks = {}
+        with torch.no_grad():  # a 50 % magnitude mask: the step cost does not depend on which
+            for fqn, mod in model.named_modules():
+                if isinstance(mod, torch.nn.Linear) and fqn.rsplit(".", 1)[-1] in TARGETS:
+                    keep = row_mask(mod.weight.abs(), 0.5)
+                    mod.weight.mul_(keep)
+                    masks[f"{fqn}.weight"] = keep
+        sq.add_adapters_(model, sq.NLSConfig(mode=mode, rank_space=(32, 24, 16), alpha=64.0,
+                                             target_modules=TARGETS), masks=masks)
+        gen = torch.Generator().manual_seed(0)
+        sample = lambda: sq.sample_ranks_(model, gen)  # noqa: E731
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    ids = torch.randint(1000, 40000, (batch, seq), generator=torch.Generator().manual_seed(1))
+    attn = torch.ones_like(ids)
+    times = []
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        if sample:
+            sample()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = answer_loss(model, ids, attn, ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"name": name, "step_seconds": times,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "trainable_params": sum(p.numel() for p in params)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="batch 2x128, 1 round of 2 steps")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    args = ap.parse_args()
+    if args.quick:
+        args.batch, args.seq, args.rounds, args.steps = 2, 128, 1, 2
+    if args.child:
+        print(json.dumps(child(args.child, args.batch, args.seq, args.warmup, args.steps)))
+        return
+    from _common import write_result
+
+    runs: dict[str, list[dict]] = {n: [] for n in CONFIGS}
+    for r in range(args.rounds):
+        for name in CONFIGS:  # interleaved: every config once per round
+            cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch),
+                   "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[name].append(res)
+            print(f"round {r + 1} {name:>22}: {statistics.median(res['step_seconds']):.2f} s/step, "
+                  f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+    rows = []
+    for name, rs in runs.items():
+        steps = [t for res in rs for t in res["step_seconds"]]
+        rows.append({"config": name, "step_seconds_median": statistics.median(steps),
+                     "peak_rss_mb": max(res["peak_rss_mb"] for res in rs),
+                     "trainable_params": rs[0]["trainable_params"], "step_seconds": steps})
+    base = next(r for r in rows if r["config"] == BASELINE)
+    print(f"\n{'config':>22} {'s/step':>8} {'x ' + BASELINE:>20} {'peak RSS MB':>12}")
+    for r in rows:
+        r["ratio_to_baseline"] = r["step_seconds_median"] / base["step_seconds_median"]
+        r["rss_ratio_to_baseline"] = r["peak_rss_mb"] / base["peak_rss_mb"]
+        print(f"{r['config']:>22} {r['step_seconds_median']:>8.2f} {r['ratio_to_baseline']:>20.2f} "
+              f"{r['peak_rss_mb']:>12.0f}")
+    path = write_result("train_step_quick" if args.quick else "train_step", {
+        "model": "smollm2-135m", "batch": args.batch, "seq": args.seq, "rank": 32,
+        "targets": list(TARGETS), "rounds": args.rounds, "steps_per_round": args.steps,
+        "baseline": BASELINE, "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

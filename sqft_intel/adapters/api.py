@@ -1,0 +1,226 @@
+"""Verbs over NLS adapters: add them, pick or sample their ranks, save and load them."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..errors import ArtifactError, ConfigError
+from ..targets import decoder_blocks, find_targets, matches
+from .config import NLSConfig
+from .elastic_lora import ElasticLoraLinear
+
+ADAPTERS_FILE = "adapters.safetensors"
+
+
+@dataclass
+class AdapterResult:
+    """What `add_adapters_` did: the adapted FQNs and the rank space of each rank group."""
+
+    config: NLSConfig
+    targeted_modules: list[str]
+    groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _set_module(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def add_adapters_(
+    model: nn.Module, config: NLSConfig, *, masks: dict[str, Tensor] | None = None
+) -> AdapterResult:
+    """Swap each targeted Linear for an `ElasticLoraLinear` at the same FQN; freeze the rest.
+
+    Args:
+        model: a HF causal LM.
+        config: rank space, targets and mode.
+        masks: weight name -> (out, in) bool keep-mask; required for `mode="sparsepeft"`.
+
+    Raises:
+        ConfigError: no target matched, or SparsePEFT without a mask for some target.
+
+    Example:
+        >>> add_adapters_(model, NLSConfig(rank_space=(32, 24, 16)), masks=res.masks)  # doctest: +SKIP
+    """
+    targets = find_targets(model, config.target_modules, what="finetune.target_modules")
+    if config.mode == "sparsepeft":
+        missing = [f for f in targets if masks is None or f"{f}.weight" not in masks]
+        if missing:
+            raise ConfigError(
+                f"`finetune.mode`='sparsepeft' needs a sparsity mask for every target, none for "
+                f"{missing[:3]}{'...' if len(missing) > 3 else ''}; sparsify those layers first or "
+                "use mode 'lora'."
+            )
+    prefix, _ = decoder_blocks(model)
+    model.requires_grad_(False)
+    groups: dict[str, tuple[int, ...]] = {}
+    for fqn, lin in targets.items():
+        block = fqn[len(prefix) + 1:].split(".", 1)[0]
+        if matches(fqn, config.elastic_modules):
+            group, space = f"{prefix}.{block}.elastic", config.rank_space
+        else:  # fixed at r_max: its own singleton group
+            group, space = fqn, (config.max_rank,)
+        groups[group] = space
+        mask = masks[f"{fqn}.weight"] if config.mode == "sparsepeft" else None
+        adapter = ElasticLoraLinear(lin, rank_space=space, scaling=config.scaling,
+                                    dropout=config.dropout, mask=mask, group=group)
+        adapter.train(lin.training)  # new modules default to train mode: keep the model's mode
+        _set_module(model, fqn, adapter)
+    return AdapterResult(config, sorted(targets), groups)
+
+
+def adapter_modules(model: nn.Module) -> dict[str, ElasticLoraLinear]:
+    return {f: m for f, m in model.named_modules() if isinstance(m, ElasticLoraLinear)}
+
+
+def rank_groups(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Rank group -> its rank space, in module order."""
+    out: dict[str, tuple[int, ...]] = {}
+    for m in adapter_modules(model).values():
+        out.setdefault(m.group, m.rank_space)
+    return out
+
+
+def _apply_ranks(model: nn.Module, ranks: dict[str, int]) -> None:
+    for m in adapter_modules(model).values():
+        m.active_rank = ranks[m.group]
+
+
+def heuristic_rank(space: tuple[int, ...]) -> int:
+    """SQFT's heuristic sub-adapter: the median of the rank space (lower median when even)."""
+    return int(statistics.median_low(space))
+
+
+def set_active_ranks_(model: nn.Module, choice: str | int | dict[str, int]) -> dict[str, int]:
+    """Set every adapter's active rank; returns group -> rank.
+
+    Args:
+        choice: `"maximal"`, `"minimal"`, `"heuristic"` (median), one int for every elastic
+            group, or a dict group -> rank (`custom`).
+
+    Raises:
+        ConfigError: a rank outside a group's space, or an unknown group.
+    """
+    groups = rank_groups(model)
+    if not groups:
+        raise ConfigError("the model has no sqft adapters; run add_adapters_ first.")
+    if choice == "maximal":
+        ranks = {g: s[0] for g, s in groups.items()}
+    elif choice == "minimal":
+        ranks = {g: s[-1] for g, s in groups.items()}
+    elif choice in ("heuristic", "median"):
+        ranks = {g: heuristic_rank(s) for g, s in groups.items()}
+    elif isinstance(choice, int):
+        ranks = {g: (choice if len(s) > 1 else s[0]) for g, s in groups.items()}
+    elif isinstance(choice, dict):
+        unknown = sorted(set(choice) - set(groups))
+        if unknown:
+            raise ConfigError(f"unknown rank groups {unknown[:3]}; groups are e.g. {list(groups)[:3]}.")
+        ranks = {g: int(choice.get(g, s[0])) for g, s in groups.items()}
+    else:
+        raise ConfigError(
+            f"rank choice {choice!r}; use 'maximal', 'minimal', 'heuristic', an int or a dict."
+        )
+    for g, r in ranks.items():
+        if r not in groups[g]:
+            raise ConfigError(f"rank {r} for group `{g}` is not in its rank space {list(groups[g])}.")
+    _apply_ranks(model, ranks)
+    return ranks
+
+
+def sample_ranks_(model: nn.Module, generator: torch.Generator) -> dict[str, int]:
+    """Draw one rank per group (NLS). Call once per optimizer step, never per forward.
+
+    The draw depends only on `generator`'s state, so processes seeded alike draw alike.
+    """
+    ranks = {}
+    for g, space in rank_groups(model).items():
+        i = int(torch.randint(len(space), (1,), generator=generator)) if len(space) > 1 else 0
+        ranks[g] = space[i]
+    _apply_ranks(model, ranks)
+    return ranks
+
+
+def count_adapter_params(model: nn.Module, *, active: bool = False) -> int:
+    """Adapter parameters at max rank, or at the active ranks when `active`."""
+    total = 0
+    for m in adapter_modules(model).values():
+        r = m.active_rank if active else m.rank_space[0]
+        total += r * (m.in_features + m.out_features)
+    return total
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """`{fqn}.lora_A` (r_max, in) and `{fqn}.lora_B` (out, r_max) for every adapter."""
+    sd = {}
+    for fqn, m in adapter_modules(model).items():
+        sd[f"{fqn}.lora_A"] = m.lora_A.detach().cpu().contiguous()
+        sd[f"{fqn}.lora_B"] = m.lora_B.detach().cpu().contiguous()
+    return sd
+
+
+def load_adapter_state_(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy saved factors into the model's adapters; shapes and names must match exactly."""
+    mods = adapter_modules(model)
+    expected = {f"{f}.lora_{x}" for f in mods for x in "AB"}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ArtifactError(
+            f"adapter file does not fit this model: missing {missing[:2]}, unexpected {extra[:2]}; "
+            "was it trained on another base model or with other target_modules?"
+        )
+    with torch.no_grad():
+        for fqn, m in mods.items():
+            for x in "AB":
+                p, t = getattr(m, f"lora_{x}"), state[f"{fqn}.lora_{x}"]
+                if p.shape != t.shape:
+                    raise ArtifactError(
+                        f"`{fqn}.lora_{x}` has shape {tuple(t.shape)}, the model expects "
+                        f"{tuple(p.shape)}; different rank_space or base model."
+                    )
+                p.copy_(t)
+
+
+def save_adapters(model: nn.Module, out_dir: Path) -> None:
+    save_file(adapter_state_dict(model), Path(out_dir) / ADAPTERS_FILE)
+
+
+def load_adapters_(model: nn.Module, stage_dir: Path) -> None:
+    path = Path(stage_dir) / ADAPTERS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"`{path}` is missing; rerun the finetune stage.")
+    load_adapter_state_(model, load_file(path))
+
+
+def save_peft_adapter(model: nn.Module, out_dir: Path, *, base_model: str, alpha: float) -> None:
+    """Write the active sub-adapter in PEFT's format (`PeftModel.from_pretrained` loads it).
+
+    Per-module ranks go to `rank_pattern`; `alpha_pattern` keeps PEFT's alpha/r equal to our
+    s = alpha / r_max. PEFT cannot apply a SparsePEFT mask: for that mode, load the merged model.
+    """
+    from peft import LoraConfig
+
+    mods = adapter_modules(model)
+    any_mod = next(iter(mods.values()))
+    r_max = any_mod.rank_space[0]
+    state, rank_pattern, alpha_pattern = {}, {}, {}
+    for fqn, m in mods.items():
+        r = m.active_rank
+        state[f"base_model.model.{fqn}.lora_A.weight"] = m.lora_A[:r].detach().cpu().contiguous()
+        state[f"base_model.model.{fqn}.lora_B.weight"] = m.lora_B[:, :r].detach().cpu().contiguous()
+        rank_pattern[fqn] = r
+        alpha_pattern[fqn] = m.scaling * r
+    cfg = LoraConfig(
+        r=r_max, lora_alpha=alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        target_modules=sorted(mods), rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+        base_model_name_or_path=base_model,
+    )
+    out_dir = Path(out_dir)
+    cfg.save_pretrained(out_dir)
+    save_file(state, out_dir / "adapter_model.safetensors")

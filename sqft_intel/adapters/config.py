@@ -1,0 +1,69 @@
+"""Configuration of NLS elastic low-rank adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NLSConfig:
+    """Elastic-rank LoRA (Neural Low-rank adapter Search, SQFT §3.1).
+
+    Args:
+        mode: `lora` (plain elastic adapters, the paper's Shears row) or `sparsepeft`
+            (ΔW = (s·B_r A_r) ⊙ M, so merging keeps the base's sparsity exactly).
+        rank_space: ranks an adapter can be sliced to. Stored sorted, largest first.
+        alpha: LoRA scaling numerator; `scaling = alpha / max(rank_space)` for every sub-rank.
+        dropout: dropout on the adapter input only (never on the frozen base path).
+        target_modules: FQN suffixes of the Linear layers to adapt.
+        elastic_modules: targets whose rank is elastic; those of one decoder block share one
+            sampled rank (the paper: q/k/v). Other targets stay at `max(rank_space)`.
+    """
+
+    mode: Literal["lora", "sparsepeft"] = "sparsepeft"
+    rank_space: tuple[int, ...] = (32, 24, 16)
+    alpha: float = 64.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+    elastic_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+    def __post_init__(self):
+        if self.mode not in ("lora", "sparsepeft"):
+            raise ConfigError(f"`finetune.mode`={self.mode!r}; use 'lora' or 'sparsepeft'.")
+        try:
+            ranks = tuple(sorted({int(r) for r in self.rank_space}, reverse=True))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"`finetune.rank_space` must be a list of positive ints, got {self.rank_space!r}."
+            ) from e
+        if not ranks or ranks[-1] < 1:
+            raise ConfigError(
+                f"`finetune.rank_space`={list(self.rank_space)!r} must hold at least one positive "
+                "int; use e.g. [32, 24, 16]."
+            )
+        object.__setattr__(self, "rank_space", ranks)  # JSON hands back lists: store tuples
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        object.__setattr__(self, "elastic_modules", tuple(self.elastic_modules))
+        if not self.target_modules:
+            raise ConfigError("`finetune.target_modules` is empty; name at least one Linear suffix.")
+        stray = [m for m in self.elastic_modules if m not in self.target_modules]
+        if stray:
+            raise ConfigError(
+                f"`finetune.elastic_modules` {stray} are not in target_modules "
+                f"{list(self.target_modules)}; add them there or remove them."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"`finetune.dropout`={self.dropout} must be in [0, 1).")
+        if self.alpha <= 0:
+            raise ConfigError(f"`finetune.alpha`={self.alpha} must be positive.")
+
+    @property
+    def max_rank(self) -> int:
+        return self.rank_space[0]
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.max_rank

@@ -1,0 +1,70 @@
+"""`ElasticLoraLinear`: one frozen Linear plus one weight-shared elastic low-rank adapter."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ElasticLoraLinear(nn.Module):
+    """y = W x + s · (B_r A_r ⊙ M) drop(x), with r the active rank (SQFT Eq. 2; M = None for LoRA).
+
+    A sub-adapter of rank r uses the leading slices A[:r], B[:, :r] (NLS weight sharing) and keeps
+    s = alpha / r_max. The active rank is a plain attribute set once per optimizer step by
+    `sample_ranks_`: a recomputed forward under gradient checkpointing sees the same rank.
+
+    Args:
+        base: the frozen Linear (out, in).
+        rank_space: allowed ranks, largest first.
+        scaling: s = alpha / r_max.
+        mask: (out, in) bool keep-mask for SparsePEFT, or None for plain LoRA.
+        group: name of the rank group this adapter's rank is sampled with.
+    """
+
+    def __init__(self, base: nn.Linear, *, rank_space: tuple[int, ...], scaling: float,
+                 dropout: float, mask: Tensor | None, group: str):
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)
+        r_max = rank_space[0]
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r_max, base.in_features, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r_max, device=w.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # B = 0: training starts at W
+        self.scaling = float(scaling)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if mask is not None and tuple(mask.shape) != tuple(w.shape):
+            raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(w.shape)}")
+        self.register_buffer("mask", None if mask is None else mask.to(torch.bool), persistent=False)
+        self.rank_space = tuple(rank_space)
+        self.group = group
+        self.active_rank = r_max
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def delta_weight(self, rank: int | None = None) -> Tensor:
+        """ΔW = s · B[:, :r] A[:r] (⊙ M): (out, in), in the adapters' dtype."""
+        r = self.active_rank if rank is None else rank
+        delta = (self.lora_B[:, :r] @ self.lora_A[:r]) * self.scaling
+        return delta * self.mask if self.mask is not None else delta
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        r = self.active_rank
+        xd = self.dropout(x)
+        if self.mask is None:  # plain LoRA: two skinny matmuls, ΔW never materialized
+            return y + F.linear(F.linear(xd, self.lora_A[:r]), self.lora_B[:, :r]) * self.scaling
+        return y + F.linear(xd, self.delta_weight(r))  # SparsePEFT: the masked product is the layer
+
+    def extra_repr(self) -> str:
+        kind = "sparsepeft" if self.mask is not None else "lora"
+        return f"{kind}, rank_space={self.rank_space}, active_rank={self.active_rank}, group={self.group}"

@@ -1,0 +1,129 @@
+"""Stage directories: `stage.json` read/write, atomic writes, and `load_stage`.
+
+Every stage writes into a temporary sibling directory and renames it into place, so a crash
+never leaves a half-written stage and a good stage is only replaced by a complete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+STAGE_FILE = "stage.json"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary sibling of `final`; on success it replaces `final` in one rename.
+
+    On any exception the temporary directory is removed and an existing `final` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_stage_json(
+    out_dir: Path,
+    *,
+    stage: str,
+    config: dict[str, Any],
+    parent: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    **extra: Any,
+) -> None:
+    """Write `stage.json`: which stage, which version, the exact config, the parent and metrics."""
+    record = {
+        "stage": stage,
+        "sqft_intel_version": _version(),
+        "parent": parent,
+        "config": config,
+        "metrics": metrics or {},
+        **extra,
+    }
+    (Path(out_dir) / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """A parsed `stage.json` plus the directory it lives in."""
+
+    path: Path
+    stage: str
+    version: str
+    config: dict[str, Any]
+    parent: str | None
+    metrics: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def load_stage(
+    path: Path | str, *, expect: str | None = None, require: tuple[str, ...] = ()
+) -> StageRecord:
+    """Read and check a stage directory.
+
+    Args:
+        path: the stage directory (e.g. `runs/x/sparsify`).
+        expect: the stage name it must hold, if any.
+        require: files that must exist next to `stage.json`.
+
+    Raises:
+        ArtifactError: missing directory or files, wrong stage, or another major.minor version.
+    """
+    path = Path(path)
+    meta = path / STAGE_FILE
+    if not meta.is_file():
+        raise ArtifactError(
+            f"`{path}` is not a stage directory (no {STAGE_FILE}); run the stage that writes it first."
+        )
+    try:
+        raw = json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"`{meta}` is not valid JSON ({e}); rerun the stage.") from e
+    stage = raw.get("stage")
+    if expect is not None and stage != expect:
+        raise ArtifactError(f"`{path}` holds stage {stage!r}, expected {expect!r}.")
+    version = str(raw.get("sqft_intel_version", ""))
+    if version.split(".")[:2] != _version().split(".")[:2]:
+        raise ArtifactError(
+            f"`{path}` was written by sqft_intel {version!r}, this is {_version()}; rerun the stage."
+        )
+    missing = [f for f in require if not (path / f).exists()]
+    if missing:
+        raise ArtifactError(f"`{path}` is incomplete: missing {missing}; rerun the stage.")
+    return StageRecord(
+        path=path,
+        stage=stage,
+        version=version,
+        config=raw.get("config", {}),
+        parent=raw.get("parent"),
+        metrics=raw.get("metrics", {}),
+        raw=raw,
+    )

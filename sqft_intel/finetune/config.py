@@ -1,0 +1,62 @@
+"""Configuration of the training loop (the adapter shape lives in `NLSConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the NLS adapters are trained.
+
+    Args:
+        steps: optimizer steps; one sub-adapter (rank per group) is sampled per step.
+        batch_size: examples per micro-batch.
+        grad_accum: micro-batches per optimizer step (all with the same sampled ranks).
+        lr: peak AdamW learning rate (linear warm-up, then linear decay to 10 %).
+        warmup_steps: steps of linear warm-up.
+        weight_decay: AdamW weight decay on the adapters.
+        max_length: tokens per example; longer prompts are cut from the left.
+        precision: `auto` = bf16 autocast on AMX CPUs and Intel GPUs, fp32 otherwise.
+        device: `auto`, `cpu` or `xpu[:N]`.
+        seed: adapter init, data order, dropout and rank sampling.
+        checkpoint_every: save a resumable checkpoint every N steps (0 = never).
+        gradient_checkpointing: recompute decoder blocks in backward to save memory.
+        train_items: use at most this many training items (None = all).
+        log_every: steps between loss records in the log.
+    """
+
+    steps: int = 150
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_length: int = 128
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = "auto"
+    seed: int = 42
+    checkpoint_every: int = 50
+    gradient_checkpointing: bool = False
+    train_items: int | None = None
+    log_every: int = 1
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"`finetune.{name}` must be a positive int, got {v!r}.")
+        for name in ("warmup_steps", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"`finetune.{name}` must be an int >= 0, got {v!r}.")
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
+            raise ConfigError(f"`finetune.lr`={self.lr!r} must be in (0, 1); try 3e-4.")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"`finetune.precision`={self.precision!r}; use auto, bf16 or fp32.")
+        if self.train_items is not None and (not isinstance(self.train_items, int)
+                                             or self.train_items < 1):
+            raise ConfigError(f"`finetune.train_items`={self.train_items!r} must be null or >= 1.")

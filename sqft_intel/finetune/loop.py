@@ -1,0 +1,173 @@
+"""The NLS training loop: one sub-adapter sampled per optimizer step, answer-only loss, resumable."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..adapters.api import adapter_modules, rank_groups, sample_ranks_
+from ..data import MCItem
+from ..device import autocast, resolve_device, resolve_precision
+from ..errors import ConfigError
+from ..evaluation.scoring import encode_request
+from ..lm_head import answer_loss
+from .checkpoint import latest_checkpoint, load_checkpoint_, save_checkpoint
+from .config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    """Loss curve, how often each rank was drawn per group, and timing."""
+
+    steps: int
+    log: list[dict] = field(default_factory=list)
+    rank_counts: dict[str, dict[int, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    resumed_from: int = 0
+    precision: str = "fp32"
+
+
+def build_examples(tokenizer, items: list[MCItem], max_length: int) -> list[tuple[list[int], int]]:
+    """(token ids, answer length) per item; prompts longer than `max_length` lose their start."""
+    examples = []
+    for it in items:
+        ids, n_answer = encode_request(tokenizer, it.query, it.answer)
+        if tokenizer.eos_token_id is not None:
+            ids, n_answer = ids + [tokenizer.eos_token_id], n_answer + 1  # learn to stop
+        if len(ids) > max_length:
+            ids = ids[-max_length:]
+            n_answer = min(n_answer, max_length - 1)
+        examples.append((ids, n_answer))
+    return examples
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 outside the answer)."""
+    t = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), t), dtype=torch.long)
+    labels = torch.full((len(examples), t), -100, dtype=torch.long)
+    for b, (seq, n) in enumerate(examples):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        attn[b, : len(seq)] = 1
+        labels[b, len(seq) - n: len(seq)] = torch.tensor(seq[len(seq) - n:])
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def batch_indices(first: int, size: int, n: int, seed: int) -> list[int]:
+    """Examples `first .. first+size` of an endless stream of seeded per-epoch permutations.
+
+    A pure function of its arguments, so a resumed run sees exactly the batches it would have.
+    """
+    out, cache = [], {}
+    for c in range(first, first + size):
+        epoch, pos = divmod(c, n)
+        if epoch not in cache:
+            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        out.append(int(cache[epoch][pos]))
+    return out
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        span = max(1, cfg.steps - cfg.warmup_steps)
+        return 1.0 - 0.9 * min(1.0, (step - cfg.warmup_steps) / span)
+
+    return f
+
+
+def finetune_(
+    model: nn.Module, tokenizer, items: list[MCItem], config: TrainConfig, *,
+    checkpoint_dir: Path | None = None, fingerprint: str = "", progress: bool = True,
+) -> TrainResult:
+    """Train the model's NLS adapters in place (everything else stays frozen).
+
+    Ranks are drawn once per optimizer step with a generator seeded from `config.seed`, before
+    any forward of that step; every micro-batch and every recomputed (checkpointed) forward sees
+    them. With `checkpoint_dir`, a run resumes from the newest checkpoint of the same
+    `fingerprint` and ends with adapters equal to an uninterrupted run.
+
+    Raises:
+        ConfigError: no adapters on the model, or no training items.
+
+    Example:
+        >>> add_adapters_(model, NLSConfig(), masks=masks)                     # doctest: +SKIP
+        >>> finetune_(model, tokenizer, load_train_items("arc_easy"), TrainConfig(steps=10))  # +SKIP
+    """
+    mods = adapter_modules(model)
+    if not mods:
+        raise ConfigError("the model has no sqft adapters; call add_adapters_ first.")
+    if not items:
+        raise ConfigError("the training set is empty; check `data.task` / `data.train_file`.")
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)  # dropout; adapter init happened in add_adapters_
+    model.to(device)
+    examples = build_examples(tokenizer, items, config.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    rank_gen = torch.Generator().manual_seed(config.seed)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    result = TrainResult(steps=config.steps, precision=str(dtype).removeprefix("torch."))
+    start = 0
+    if checkpoint_dir is not None:
+        ckpt = latest_checkpoint(checkpoint_dir, fingerprint)
+        if ckpt is not None:
+            start, history = load_checkpoint_(ckpt, model, optimizer, scheduler, rank_gen)
+            result.resumed_from = start
+            result.log = history.get("log", [])
+            print(f"[sqft] resuming fine-tuning from {ckpt} (step {start})", flush=True)
+    spaces = rank_groups(model)
+    counts: dict[str, Counter] = {}
+    if start:
+        saved = history.get("rank_counts", {})
+        counts = {g: Counter({int(r): n for r, n in c.items()}) for g, c in saved.items()}
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, config.steps), desc="finetune", unit="step", disable=not progress,
+               initial=start, total=config.steps)
+    for step in bar:
+        ranks = sample_ranks_(model, rank_gen)  # once per optimizer step (NLS)
+        for g, r in ranks.items():
+            counts.setdefault(g, Counter())[r] += 1
+        total = 0.0
+        for micro in range(config.grad_accum):
+            first = (step * config.grad_accum + micro) * config.batch_size
+            idx = batch_indices(first, config.batch_size, len(examples), config.seed)
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad).items()}
+            with autocast(device, dtype):
+                loss = answer_loss(model, **batch) / config.grad_accum
+            loss.backward()
+            total += loss.item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            result.log.append({"step": step + 1, "loss": total, "lr": scheduler.get_last_lr()[0],
+                               "ranks": {g: r for g, r in ranks.items() if len(spaces[g]) > 1}})
+        bar.set_postfix(loss=f"{total:.3f}")
+        done = step + 1
+        if checkpoint_dir is not None and config.checkpoint_every and (
+            done % config.checkpoint_every == 0 and done < config.steps
+        ):
+            history = {"log": result.log, "rank_counts": {g: dict(c) for g, c in counts.items()}}
+            save_checkpoint(checkpoint_dir, done, model, optimizer, scheduler, rank_gen,
+                            fingerprint=fingerprint, history=history)
+    bar.close()
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    result.rank_counts = {g: dict(sorted(c.items())) for g, c in counts.items()}
+    return result

@@ -1,0 +1,109 @@
+"""`merge_`: fold the active sub-adapters into the base weights, without a single new nonzero."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.api import adapter_modules
+from ..errors import ArtifactError, ConfigError
+
+MergeMethod = Literal["sparsepeft", "lora"]
+
+
+@dataclass
+class MergeResult:
+    """What `merge_` did, per merged weight name.
+
+    Attributes:
+        sparsity: fraction of exact zeros after the merge.
+        new_nonzeros: nonzeros where the mask says pruned (0 for a SparsePEFT merge).
+        unmasked_density: the density a plain (unmasked) LoRA merge of the same adapter gives.
+    """
+
+    method: MergeMethod
+    ranks: dict[str, int]
+    sparsity: dict[str, float] = field(default_factory=dict)
+    new_nonzeros: dict[str, int] = field(default_factory=dict)
+    unmasked_density: dict[str, float] = field(default_factory=dict)
+    targeted_modules: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        n = max(1, len(self.sparsity))
+        return {
+            "method": self.method,
+            "ranks": self.ranks,
+            "mean_sparsity": sum(self.sparsity.values()) / n,
+            "total_new_nonzeros": sum(self.new_nonzeros.values()),
+            "mean_unmasked_density": sum(self.unmasked_density.values()) / n,
+            "sparsity": self.sparsity,
+            "new_nonzeros": self.new_nonzeros,
+            "unmasked_density": self.unmasked_density,
+        }
+
+
+def _set_module(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@torch.no_grad()
+def merge_(
+    model: nn.Module, *, masks: dict[str, Tensor] | None = None, method: MergeMethod = "sparsepeft"
+) -> MergeResult:
+    """Fold each adapter at its active rank into its base weight and put the plain Linear back.
+
+    `sparsepeft`: W' = W + (s·B_r A_r) ⊙ M (SQFT Eq. 3): the same function the SparsePEFT forward
+    computed, zero wherever M is. `lora`: W' = W + s·B_r A_r, which refills pruned weights; kept
+    so a report can show what a plain merge does to sparsity.
+
+    Args:
+        masks: weight name -> keep-mask; defaults to the masks the adapters carry.
+
+    Raises:
+        ConfigError: `sparsepeft` without a mask for some adapter.
+        ArtifactError: the merged weight is not finite, or the base is nonzero where M is False
+            (the masks belong to another model).
+
+    Example:
+        >>> set_active_ranks_(model, "heuristic"); res = merge_(model)  # doctest: +SKIP
+    """
+    if method not in ("sparsepeft", "lora"):
+        raise ConfigError(f"`merge.method`={method!r}; use 'sparsepeft' or 'lora'.")
+    mods = adapter_modules(model)
+    if not mods:
+        raise ConfigError("the model has no sqft adapters to merge.")
+    result = MergeResult(method, {m.group: m.active_rank for m in mods.values()},
+                         targeted_modules=sorted(mods))
+    for fqn, m in mods.items():
+        name = f"{fqn}.weight"
+        w = m.base.weight  # (out, in)
+        r = m.active_rank
+        delta = (m.lora_B[:, :r].float() @ m.lora_A[:r].float()) * m.scaling  # (out, in) fp32
+        mask = masks.get(name) if masks is not None else m.mask
+        if mask is not None:
+            mask = mask.to(device=w.device, dtype=torch.bool)
+        if method == "sparsepeft":
+            if mask is None:
+                raise ConfigError(f"SparsePEFT merge of `{fqn}` needs its mask; pass `masks=`.")
+            if (w[~mask] != 0).any():
+                raise ArtifactError(
+                    f"`{name}` is nonzero where its mask says pruned: the masks belong to another "
+                    "base model or the base was modified after sparsify."
+                )
+            merged = w.float() + delta * mask
+        else:
+            merged = w.float() + delta
+        if not torch.isfinite(merged).all():
+            raise ArtifactError(f"merging `{fqn}` produced non-finite weights; adapters diverged.")
+        unmasked = w.float() + delta
+        result.unmasked_density[name] = float((unmasked != 0).sum()) / unmasked.numel()
+        w.copy_(merged.to(w.dtype))
+        result.sparsity[name] = float((w == 0).sum()) / w.numel()
+        result.new_nonzeros[name] = int((w[~mask] != 0).sum()) if mask is not None else 0
+        m.base.requires_grad_(False)
+        _set_module(model, fqn, m.base)
+    return result

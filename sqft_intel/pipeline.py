@@ -1,0 +1,325 @@
+"""The stages chained on disk: each reads its parent's directory and writes its own atomically.
+
+A stage whose directory already holds the same inputs (fingerprint of its recipe sections and its
+parent's fingerprint) is reused, so rerunning `sqft run` after a crash redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from .adapters.api import (
+    add_adapters_,
+    count_adapter_params,
+    load_adapters_,
+    save_adapters,
+    save_peft_adapter,
+    set_active_ranks_,
+)
+from .artifacts import atomic_dir, load_stage, write_stage_json
+from .device import resolve_device, resolve_precision
+from .errors import ConfigError
+from .evaluation.scoring import score_mc
+from .finetune.loop import finetune_
+from .merge.api import merge_
+from .models import load_config, load_model, meta_model
+from .recipe import Recipe
+from .sparsity.api import MASKS_FILE, check_masks_match, load_masks, save_masks, sparsify_
+from .targets import find_targets, matches
+
+STAGES = ("sparsify", "finetune", "select", "merge")
+_PARENT = {"sparsify": None, "finetune": "sparsify", "select": "finetune", "merge": "select"}
+_SECTIONS = {
+    "sparsify": ("model", "data", "sparsify"),
+    "finetune": ("data", "finetune"),
+    "select": ("select",),
+    "merge": ("merge",),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[sqft] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- inputs, checked before any work
+def train_items(recipe: Recipe) -> list[data_mod.MCItem]:
+    if recipe.data.train_file:
+        return data_mod.load_jsonl(recipe.data.train_file)
+    return data_mod.load_train_items(recipe.data.task)
+
+
+def eval_items(recipe: Recipe) -> list[data_mod.MCItem]:
+    if recipe.data.eval_file:
+        items = data_mod.load_jsonl(recipe.data.eval_file)
+    else:
+        items = data_mod.load_val_items(recipe.data.task)
+    return data_mod.subsample(items, recipe.eval.items, recipe.eval.seed)
+
+
+def validate(recipe: Recipe, stages: tuple[str, ...] = STAGES) -> None:
+    """Everything checkable without loading weights: model source, targets, N:M shapes, data.
+
+    Raises ConfigError/UnsupportedModelError before a single file is written.
+    """
+    if not recipe.data.train_file or not recipe.data.eval_file:
+        data_mod.check_task(recipe.data.task)
+    config = load_config(recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code)
+    skeleton = meta_model(config)
+    sparse_t = find_targets(skeleton, recipe.sparsify.target_modules, what="sparsify.target_modules")
+    if recipe.sparsify.nm:
+        n, m = recipe.sparsify.nm
+        for fqn, lin in sparse_t.items():
+            if lin.in_features % m:
+                raise ConfigError(
+                    f"`sparsify.nm`={[n, m]}: m={m} does not divide in_features={lin.in_features} "
+                    f"of `{fqn}`; use an m that divides it or drop the layer from target_modules."
+                )
+    ft = find_targets(skeleton, recipe.adapters.target_modules, what="finetune.target_modules")
+    if recipe.adapters.mode == "sparsepeft":
+        unsparse = [f for f in ft if not matches(f, recipe.sparsify.target_modules)]
+        if unsparse:
+            raise ConfigError(
+                f"`finetune.mode`='sparsepeft' adapts {unsparse[:2]}, which sparsify does not "
+                "prune (no mask); add their suffixes to `sparsify.target_modules`."
+            )
+    if "sparsify" in stages or "finetune" in stages:
+        if not train_items(recipe):
+            raise ConfigError("the training data is empty; check `data.task` / `data.train_file`.")
+    if not eval_items(recipe):
+        raise ConfigError("the evaluation data is empty; check `data.eval_file`.")
+
+
+# ---------------------------------------------------------------- stage bookkeeping
+def fingerprint(recipe: Recipe, stage: str, out: Path) -> str:
+    """Hash of the recipe sections a stage depends on and its parent's fingerprint."""
+    parts = {s: recipe.raw[s] for s in _SECTIONS[stage]}
+    parent = _PARENT[stage]
+    if parent:
+        parts["parent"] = load_stage(out / parent, expect=parent).raw.get("fingerprint")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def up_to_date(out: Path, stage: str, fp: str) -> bool:
+    try:
+        return load_stage(out / stage, expect=stage).raw.get("fingerprint") == fp
+    except Exception:  # absent, incomplete or foreign: recompute
+        return False
+
+
+def calibration_ids(recipe: Recipe, tokenizer) -> torch.Tensor:
+    """(calib_samples, calib_seq_len) ids: the task's train text, concatenated and cut in pieces."""
+    cfg = recipe.sparsify
+    texts = data_mod.calibration_texts(train_items(recipe))
+    random.Random(cfg.seed).shuffle(texts)
+    need = cfg.calib_samples * cfg.calib_seq_len
+    ids: list[int] = []
+    for t in texts:
+        ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) >= need:
+            break
+    if len(ids) < need:
+        raise ConfigError(
+            f"the training text has {len(ids)} tokens, Wanda needs calib_samples*calib_seq_len="
+            f"{need}; lower `sparsify.calib_samples` or `sparsify.calib_seq_len`."
+        )
+    return torch.tensor(ids[:need]).reshape(cfg.calib_samples, cfg.calib_seq_len)
+
+
+# ---------------------------------------------------------------- the stages
+def run_sparsify(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
+    fp = fingerprint(recipe, "sparsify", out)
+    if up_to_date(out, "sparsify", fp):
+        return log(f"sparsify: up to date in {out / 'sparsify'}")
+    model, tok = load_model(recipe.model.name_or_path,
+                            trust_remote_code=recipe.model.trust_remote_code)
+    calib = calibration_ids(recipe, tok)
+    t0 = time.perf_counter()
+    res = sparsify_(model, recipe.sparsify, calib=calib, progress=progress)
+    seconds = time.perf_counter() - t0
+    with atomic_dir(out / "sparsify") as tmp:
+        res.save(tmp, model, tok, extra_metrics={"seconds": seconds})
+        _stamp(tmp, fp, source_model=recipe.model.name_or_path)
+    log(f"sparsify: {len(res.masks)} layers at {recipe.sparsify.target_sparsity:.0%} "
+        f"in {seconds:.1f}s -> {out / 'sparsify'}")
+
+
+def _stamp(stage_dir: Path, fp: str, **extra) -> None:
+    """Add the fingerprint (and extras) to a stage.json just written."""
+    path = stage_dir / "stage.json"
+    record = json.loads(path.read_text())
+    record.update(fingerprint=fp, **extra)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _base_with_adapters(recipe: Recipe, out: Path):
+    """The sparse base from `out/sparsify` with fresh NLS adapters; returns (model, tok, masks)."""
+    sp = out / "sparsify"
+    load_stage(sp, expect="sparsify", require=(MASKS_FILE, "config.json"))
+    model, tok = load_model(str(sp))
+    masks = load_masks(sp)
+    check_masks_match(model, masks)
+    torch.manual_seed(recipe.train.seed)  # adapter init
+    add_adapters_(model, recipe.adapters, masks=masks)
+    return model, tok, masks
+
+
+def run_finetune(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
+    fp = fingerprint(recipe, "finetune", out)
+    if up_to_date(out, "finetune", fp):
+        return log(f"finetune: up to date in {out / 'finetune'}")
+    model, tok, _ = _base_with_adapters(recipe, out)
+    work = out / ".finetune-work"
+    res = finetune_(model, tok, train_items(recipe), recipe.train,
+                    checkpoint_dir=work / "checkpoints", fingerprint=fp, progress=progress)
+    with atomic_dir(out / "finetune") as tmp:
+        save_adapters(model, tmp)
+        (tmp / "adapter_config.json").write_text(json.dumps(
+            {"format": "sqft-nls", **asdict(recipe.adapters)}, indent=2) + "\n")
+        with open(tmp / "train_log.jsonl", "w") as f:
+            for row in res.log:
+                f.write(json.dumps(row) + "\n")
+        if (work / "checkpoints").exists():
+            shutil.move(str(work / "checkpoints"), tmp / "checkpoints")
+        write_stage_json(
+            tmp, stage="finetune", parent="sparsify",
+            config={"adapters": asdict(recipe.adapters), "train": asdict(recipe.train)},
+            metrics={"final_loss": res.log[-1]["loss"] if res.log else None,
+                     "seconds": res.seconds,
+                     "seconds_per_step": res.seconds / max(1, res.steps - res.resumed_from),
+                     "precision": res.precision, "resumed_from": res.resumed_from,
+                     "adapter_params_max": count_adapter_params(model),
+                     "rank_counts": res.rank_counts})
+        _stamp(tmp, fp)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"finetune: {res.steps} steps ({res.precision}) in {res.seconds:.0f}s -> {out / 'finetune'}")
+
+
+def _trained_model(recipe: Recipe, out: Path):
+    model, tok, masks = _base_with_adapters(recipe, out)
+    load_stage(out / "finetune", expect="finetune")
+    load_adapters_(model, out / "finetune")
+    return model, tok, masks
+
+
+def run_select(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
+    fp = fingerprint(recipe, "select", out)
+    if up_to_date(out, "select", fp):
+        return log(f"select: up to date in {out / 'select'}")
+    model, _, _ = _trained_model(recipe, out)
+    ranks = set_active_ranks_(model, recipe.select.choice)
+    with atomic_dir(out / "select") as tmp:
+        save_peft_adapter(model, tmp, base_model=str((out / "sparsify").resolve()),
+                          alpha=recipe.adapters.alpha)
+        write_stage_json(tmp, stage="select", parent="finetune", config=asdict(recipe.select),
+                         metrics={"ranks": ranks,
+                                  "adapter_params": count_adapter_params(model, active=True)})
+        _stamp(tmp, fp)
+    elastic = sorted({r for g, r in ranks.items() if g.endswith(".elastic")})
+    log(f"select: {recipe.select.strategy} -> elastic ranks {elastic} -> {out / 'select'}")
+
+
+def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
+    fp = fingerprint(recipe, "merge", out)
+    if up_to_date(out, "merge", fp):
+        return log(f"merge: up to date in {out / 'merge'}")
+    model, tok, masks = _trained_model(recipe, out)
+    ranks = load_stage(out / "select", expect="select").metrics["ranks"]
+    set_active_ranks_(model, ranks)
+    res = merge_(model, masks=masks, method=recipe.merge.method)
+    with atomic_dir(out / "merge") as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        save_masks(masks, tmp)
+        write_stage_json(tmp, stage="merge", parent="select", config=asdict(recipe.merge),
+                         metrics=res.metrics(), targeted_modules=res.targeted_modules)
+        _stamp(tmp, fp)
+    m = res.metrics()
+    log(f"merge: {recipe.merge.method}, mean sparsity {m['mean_sparsity']:.2%}, new nonzeros "
+        f"{m['total_new_nonzeros']} (an unmasked LoRA merge would be "
+        f"{m['mean_unmasked_density']:.2%} dense) -> {out / 'merge'}")
+
+
+RUNNERS = {"sparsify": run_sparsify, "finetune": run_finetune, "select": run_select,
+           "merge": run_merge}
+
+
+# ---------------------------------------------------------------- evaluation and summary
+def evaluate_dir(recipe: Recipe, source: str, items, masks) -> dict:
+    model, tok = load_model(source, trust_remote_code=recipe.model.trust_remote_code)
+    device = resolve_device(recipe.train.device)
+    dtype = resolve_precision(recipe.eval.precision, device)
+    model.to(device)
+    params = dict(model.named_parameters())
+    zeros = sum(int((params[n] == 0).sum()) for n in masks)
+    total = sum(params[n].numel() for n in masks)
+    t0 = time.perf_counter()
+    score = score_mc(model, tok, items, batch_size=recipe.eval.batch_size, device=device,
+                     dtype=dtype, packed=recipe.eval.packed, progress=False)
+    return {"acc": score.acc, "acc_norm": score.acc_norm, "n": score.n,
+            "sparsity": zeros / max(1, total), "seconds": time.perf_counter() - t0,
+            "precision": str(dtype).removeprefix("torch.")}
+
+
+def run_eval(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
+    items = eval_items(recipe)
+    masks = load_masks(out / "sparsify")
+    variants = [
+        ("dense", recipe.model.name_or_path),
+        (f"sparse ({recipe.sparsify.target_sparsity:.0%} wanda)", str(out / "sparsify")),
+        (f"sparse + NLS {recipe.adapters.mode}, merged", str(out / "merge")),
+    ]
+    rows = []
+    for name, source in variants:
+        log(f"eval: {name} on {len(items)} {recipe.data.task} validation items")
+        rows.append({"variant": name, "source": source, **evaluate_dir(recipe, source, items, masks)})
+    merge = load_stage(out / "merge", expect="merge").metrics
+    finetune = load_stage(out / "finetune", expect="finetune").metrics
+    summary = {
+        "task": recipe.data.task,
+        "eval_items": len(items),
+        "rows": rows,
+        "merge": {k: merge[k] for k in ("method", "mean_sparsity", "total_new_nonzeros",
+                                         "mean_unmasked_density")},
+        "finetune": {k: finetune.get(k) for k in ("final_loss", "seconds", "seconds_per_step",
+                                                  "precision")},
+        "recipe": recipe.raw,
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out / "summary.json")
+    print(format_table(summary), flush=True)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"\n{summary['task']} validation accuracy ({summary['eval_items']} items, "
+             "log-likelihood of each choice)",
+             f"{'variant':<40} {'sparsity':>9} {'acc':>7} {'acc_norm':>9}"]
+    for r in summary["rows"]:
+        lines.append(f"{r['variant']:<40} {r['sparsity']:>9.1%} {r['acc']:>7.1%} "
+                     f"{r['acc_norm']:>9.1%}")
+    m = summary["merge"]
+    lines.append(f"merge ({m['method']}): {m['total_new_nonzeros']} new nonzeros; a plain LoRA "
+                 f"merge of the same adapters would leave the layers {m['mean_unmasked_density']:.1%}"
+                 " dense")
+    return "\n".join(lines)
+
+
+def run_pipeline(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
+    """Validate, then sparsify -> finetune -> select -> merge -> evaluate; returns the summary."""
+    validate(recipe)
+    t0 = time.perf_counter()
+    for stage in STAGES:
+        RUNNERS[stage](recipe, out, progress=progress)
+    summary = run_eval(recipe, out, progress=progress)
+    log(f"done in {time.perf_counter() - t0:.0f}s; summary in {out / 'summary.json'}")
+    return summary

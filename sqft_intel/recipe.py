@@ -1,0 +1,256 @@
+"""The recipe: one YAML file, one section per stage, merged over the defaults and validated once.
+
+`sqft run --recipe FILE` merges FILE over `DEFAULT_RECIPE`, so a file holding only
+`sparsify: {sparsity: 0.6}` is a complete recipe. Unknown keys fail with the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .adapters.config import NLSConfig
+from .errors import ConfigError
+from .finetune.config import TrainConfig
+from .sparsity.config import SparsityConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Args:
+    name_or_path: a local save_pretrained folder, a hub id, or `smollm2-135m` (bundled).
+    trust_remote_code: run a hub model's own Python code; off unless you trust it.
+    """
+
+    name_or_path: str = "smollm2-135m"
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name_or_path, str) or not self.name_or_path:
+            raise ConfigError(f"`model.name_or_path` must be a non-empty string, got {self.name_or_path!r}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Args:
+    task: bundled task (train split for fine-tuning/calibration, validation split for accuracy).
+    train_file: JSONL of `{"query", "choices", "gold"}` rows replacing the task's train split.
+    eval_file: JSONL of the same rows replacing the task's validation split.
+    """
+
+    task: str = "arc_easy"
+    train_file: str | None = None
+    eval_file: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Args:
+    strategy: `heuristic` (median rank of each space, SQFT's default), `maximal`, `minimal`, or
+        `custom` (then `ranks` is one int for all elastic groups or a dict group -> rank).
+    """
+
+    strategy: Literal["heuristic", "maximal", "minimal", "custom"] = "heuristic"
+    ranks: int | dict[str, int] | None = None
+
+    def __post_init__(self):
+        allowed = ("heuristic", "maximal", "minimal", "custom")
+        if self.strategy not in allowed:
+            raise ConfigError(f"`select.strategy`={self.strategy!r}; use one of {list(allowed)}.")
+        if (self.strategy == "custom") != (self.ranks is not None):
+            raise ConfigError(
+                "`select.ranks` is required with strategy 'custom' and only then; "
+                f"got strategy={self.strategy!r}, ranks={self.ranks!r}."
+            )
+
+    @property
+    def choice(self):
+        return self.ranks if self.strategy == "custom" else self.strategy
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Args:
+    method: `sparsepeft` (masked, keeps sparsity exactly) or `lora` (plain, densifies).
+    """
+
+    method: Literal["sparsepeft", "lora"] = "sparsepeft"
+
+    def __post_init__(self):
+        if self.method not in ("sparsepeft", "lora"):
+            raise ConfigError(f"`merge.method`={self.method!r}; use 'sparsepeft' or 'lora'.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Args:
+    items: evaluate on a seeded random subset of this many validation items (None = all).
+    batch_size: scoring requests per forward.
+    precision: `fp32` (default: accuracy must not move with bf16 rounding of log-probs), `bf16`
+        or `auto` (bf16 autocast where the CPU has fast bf16: about 1.8x faster).
+    packed: score all choices of an item in one sequence behind a shared query (same numbers,
+        about 2x faster); `false` scores one sequence per choice (the reference).
+    seed: which subset.
+    """
+
+    items: int | None = None
+    batch_size: int = 8
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"
+    packed: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.items is not None and (not isinstance(self.items, int) or self.items < 1):
+            raise ConfigError(f"`eval.items`={self.items!r} must be null or a positive int.")
+
+
+# section -> the config classes whose fields it holds (finetune = adapter shape + training loop)
+SECTIONS: dict[str, tuple[type, ...]] = {
+    "model": (ModelConfig,),
+    "data": (DataConfig,),
+    "sparsify": (SparsityConfig,),
+    "finetune": (NLSConfig, TrainConfig),
+    "select": (SelectConfig,),
+    "merge": (MergeConfig,),
+    "eval": (EvalConfig,),
+}
+
+
+def _defaults() -> dict[str, dict[str, Any]]:
+    out = {}
+    for section, classes in SECTIONS.items():
+        merged: dict[str, Any] = {}
+        for cls in classes:
+            merged.update(_jsonable(dataclasses.asdict(cls())))
+        out[section] = merged
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+DEFAULT_RECIPE: dict[str, dict[str, Any]] = _defaults()
+
+# `--quick`: the same pipeline on a schedule that finishes in about 3 minutes on 2 cores.
+QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
+    "sparsify": {"calib_samples": 16},
+    "finetune": {"steps": 30, "warmup_steps": 3, "checkpoint_every": 10},
+    "eval": {"items": 150},
+}
+
+
+def _suggest(key: str, allowed) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.5)
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def merge_recipe(base: dict, override: dict, *, where: str = "recipe") -> dict:
+    """`override` laid over `base`, section by section; unknown sections or keys raise."""
+    if not isinstance(override, dict):
+        raise ConfigError(f"{where} must be a mapping of sections, got {type(override).__name__}.")
+    out = copy.deepcopy(base)
+    for section, values in override.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown section `{section}` in {where}; sections are {list(SECTIONS)}."
+                + _suggest(str(section), SECTIONS)
+            )
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"section `{section}` in {where} must be a mapping, got {values!r}.")
+        for key, value in values.items():
+            if key not in out[section]:
+                raise ConfigError(
+                    f"unknown key `{section}.{key}` in {where}; valid keys: "
+                    f"{sorted(out[section])}." + _suggest(str(key), out[section])
+                )
+            out[section][key] = value
+    return out
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """`--set finetune.steps=10` items -> a partial recipe (values parsed as YAML scalars)."""
+    out: dict[str, dict[str, Any]] = {}
+    for a in assignments:
+        key, eq, raw = a.partition("=")
+        section, dot, name = key.partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"`--set {a}` must look like section.key=value, e.g. finetune.steps=10.")
+        out.setdefault(section, {})[name] = yaml.safe_load(raw)
+    return out
+
+
+def load_recipe_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file `{path}` does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe `{path}` is not valid YAML: {e}") from e
+    return raw or {}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe: one config object per stage."""
+
+    model: ModelConfig
+    data: DataConfig
+    sparsify: SparsityConfig
+    adapters: NLSConfig
+    train: TrainConfig
+    select: SelectConfig
+    merge: MergeConfig
+    eval: EvalConfig
+    raw: dict
+
+    def section(self, name: str) -> dict:
+        return copy.deepcopy(self.raw[name])
+
+
+def _build(cls, values: dict):
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: v for k, v in values.items() if k in names}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad value for {cls.__name__}: {e}") from e
+
+
+def build_recipe(*layers: dict | tuple[str, dict]) -> Recipe:
+    """Defaults, then each partial recipe in order; every value validated by its config class.
+
+    A layer is a partial recipe dict, or `(where, dict)` to name its source in error messages.
+    """
+    raw = copy.deepcopy(DEFAULT_RECIPE)
+    for layer in layers:
+        where, values = layer if isinstance(layer, tuple) else ("recipe", layer)
+        raw = merge_recipe(raw, values, where=where)
+    return Recipe(
+        model=_build(ModelConfig, raw["model"]),
+        data=_build(DataConfig, raw["data"]),
+        sparsify=_build(SparsityConfig, raw["sparsify"]),
+        adapters=_build(NLSConfig, raw["finetune"]),
+        train=_build(TrainConfig, raw["finetune"]),
+        select=_build(SelectConfig, raw["select"]),
+        merge=_build(MergeConfig, raw["merge"]),
+        eval=_build(EvalConfig, raw["eval"]),
+        raw=raw,
+    )
+
+
+def recipe_yaml(raw: dict) -> str:
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -1,0 +1,136 @@
+"""`sparsify_`: Wanda, block by block, with inputs propagated through the already-pruned blocks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..artifacts import write_stage_json
+from ..errors import ArtifactError, ConfigError
+from ..targets import decoder_blocks, find_targets
+from .calibrate import InputNorms, block_output, capture_block_inputs
+from .config import SparsityConfig
+from .wanda import wanda_mask
+
+MASKS_FILE = "masks.safetensors"
+
+
+@dataclass
+class SparsityResult:
+    """What `sparsify_` did.
+
+    Attributes:
+        masks: weight name (state_dict key) -> bool (out, in), True = kept.
+        sparsity: weight name -> measured fraction of exact zeros after pruning.
+    """
+
+    config: SparsityConfig
+    masks: dict[str, Tensor]
+    sparsity: dict[str, float]
+    targeted_modules: list[str] = field(default_factory=list)
+
+    def save(self, out_dir: Path, model: nn.Module, tokenizer=None, *, parent: str | None = None,
+             extra_metrics: dict | None = None) -> None:
+        """HF `save_pretrained` files + `masks.safetensors` + `stage.json` into `out_dir`."""
+        model.save_pretrained(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        save_masks(self.masks, Path(out_dir))
+        metrics = {"sparsity": self.sparsity, "mean_sparsity": mean_sparsity(self.sparsity)}
+        write_stage_json(out_dir, stage="sparsify", config=asdict(self.config), parent=parent,
+                         metrics={**metrics, **(extra_metrics or {})},
+                         targeted_modules=self.targeted_modules)
+
+
+def save_masks(masks: dict[str, Tensor], out_dir: Path) -> None:
+    save_file({k: v.contiguous().to(torch.bool) for k, v in masks.items()}, out_dir / MASKS_FILE)
+
+
+def load_masks(stage_dir: Path) -> dict[str, Tensor]:
+    """The stored masks of a stage (bool, True = kept). Never re-derived from W != 0."""
+    path = Path(stage_dir) / MASKS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"`{path}` is missing; rerun the sparsify stage.")
+    masks = load_file(path)
+    bad = [k for k, v in masks.items() if v.dtype != torch.bool]
+    if bad:
+        raise ArtifactError(f"`{path}` holds non-bool masks {bad[:3]}; it was not written by sqft.")
+    return masks
+
+
+def zero_fraction(weight: Tensor) -> float:
+    return float((weight == 0).sum()) / weight.numel()
+
+
+def mean_sparsity(per_layer: dict[str, float]) -> float:
+    return sum(per_layer.values()) / max(1, len(per_layer))
+
+
+def check_masks_match(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    """Masks must name weights of this model with the same shapes (else: another base model)."""
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        if name not in params:
+            raise ArtifactError(f"mask `{name}` names no weight of this model; wrong base model?")
+        if tuple(params[name].shape) != tuple(m.shape):
+            raise ArtifactError(
+                f"mask `{name}` has shape {tuple(m.shape)} but the weight is "
+                f"{tuple(params[name].shape)}; the masks come from another base model."
+            )
+
+
+@torch.no_grad()
+def sparsify_(
+    model: nn.Module, config: SparsityConfig, *, calib: Tensor, batch_size: int = 8,
+    progress: bool = True,
+) -> SparsityResult:
+    """Prune the targeted Linear layers in place with Wanda; return the stored masks.
+
+    Args:
+        model: a HF causal LM (fp32) on CPU or XPU.
+        config: what to prune and how much.
+        calib: (N, T) long token ids from the task's train text.
+        batch_size: calibration sequences per forward.
+
+    Example:
+        >>> res = sparsify_(model, SparsityConfig(sparsity=0.5), calib=ids)  # doctest: +SKIP
+        >>> res.save(Path("runs/x/sparsify"), model, tokenizer)               # doctest: +SKIP
+    """
+    targets = find_targets(model, config.target_modules, what="sparsify.target_modules")
+    if config.nm:
+        n, m = config.nm
+        for fqn, lin in targets.items():
+            if lin.in_features % m:
+                raise ConfigError(
+                    f"`sparsify.nm`={[n, m]}: m={m} does not divide in_features={lin.in_features} "
+                    f"of `{fqn}`; use an m that divides it or drop the layer from target_modules."
+                )
+    prefix, blocks = decoder_blocks(model)
+    was_training = model.training
+    model.eval()
+    batches = list(calib.split(batch_size))
+    records = capture_block_inputs(model, blocks[0], batches)
+    masks: dict[str, Tensor] = {}
+    sparsity: dict[str, float] = {}
+    for i, block in enumerate(tqdm(blocks, desc="wanda", unit="block", disable=not progress)):
+        layers = {f: m for f, m in targets.items() if f.startswith(f"{prefix}.{i}.")}
+        norms = InputNorms(layers)
+        try:
+            for hidden, kwargs in records:
+                block(hidden, **kwargs)
+        finally:
+            norms.remove()
+        for fqn, lin in layers.items():
+            keep = wanda_mask(lin.weight, norms.sums[fqn], sparsity=config.sparsity, nm=config.nm)
+            lin.weight.mul_(keep.to(lin.weight.dtype))
+            masks[f"{fqn}.weight"] = keep.cpu()
+            sparsity[f"{fqn}.weight"] = zero_fraction(lin.weight)
+        # The next block sees this block's *pruned* outputs (Wanda's sequential variant).
+        records = [(block_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in records]
+    model.train(was_training)
+    return SparsityResult(config, masks, sparsity, sorted(targets))

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny random Llamas built offline (tests never touch a hub), tiny task files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))  # oversubscription costs 10x on small boxes
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = ("the sun moon star water fire earth air plant animal rock metal heat cold light dark "
+         "question answer which what why how is are of to in a an by for from with").split()
+
+
+def _mc_rows(n: int, seed: int) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        pick = lambda k: " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (k,), generator=g))  # noqa: E731
+        choices = [pick(2) for _ in range(4)]
+        rows.append({"query": f"Question: {pick(6)}?\nAnswer:", "choices": choices,
+                     "gold": int(torch.randint(4, (1,), generator=g))})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A byte-level BPE trained on the fixture vocabulary: a real fast tokenizer, built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [" ".join(WORDS)] * 20 + ["Question: Answer: ?\n"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+    return fast
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, eos_token_id=0, pad_token_id=0,
+                      bos_token_id=0, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer):
+    return make_tiny_llama(len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A save_pretrained folder of a tiny Llama with its tokenizer."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(len(tiny_tokenizer)).save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("tiny-task")
+    return write_jsonl(d / "train.jsonl", _mc_rows(64, 0)), write_jsonl(d / "val.jsonl", _mc_rows(24, 1))
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model_dir, tiny_task) -> Path:
+    """A recipe running every stage on the tiny model in seconds."""
+    import yaml
+
+    train, val = tiny_task
+    recipe = {
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"train_file": str(train), "eval_file": str(val)},
+        "sparsify": {"calib_samples": 4, "calib_seq_len": 32},
+        "finetune": {"steps": 4, "batch_size": 4, "rank_space": [8, 6, 4], "alpha": 16,
+                     "checkpoint_every": 2, "max_length": 64, "precision": "fp32"},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900):
+    """Run `python -m sqft_intel.cli ...` in a subprocess, as a user would."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "sqft_intel.cli", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout)

@@ -1,0 +1,80 @@
+"""Bad input fails before any heavy work: typed error naming the value and the fix, exit 2,
+nothing written."""
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli, write_jsonl
+
+CASES = [
+    ("missing model path", {"model": {"name_or_path": "./no/such/model"}},
+     r"`model.name_or_path`='./no/such/model' does not exist"),
+    ("sparsity >= 1", {"sparsify": {"sparsity": 1.0}}, r"`sparsify.sparsity`=1.0 is outside \[0, 1\)"),
+    ("sparsity < 0", {"sparsify": {"sparsity": -0.2}}, r"outside \[0, 1\)"),
+    ("n >= m", {"sparsify": {"nm": [4, 4]}}, r"n must be smaller than m"),
+    ("empty rank space", {"finetune": {"rank_space": []}}, r"`finetune.rank_space`=\[\] must hold"),
+    ("targets match nothing", {"finetune": {"target_modules": ["c_attn"], "elastic_modules": ["c_attn"]}},
+     r"`finetune.target_modules`=\['c_attn'\] matched no Linear.*available suffixes"),
+    ("sparsify targets match nothing", {"sparsify": {"target_modules": ["fc1"]}},
+     r"`sparsify.target_modules`=\['fc1'\] matched no Linear"),
+    ("unknown recipe key", {"finetune": {"stpes": 3}}, r"unknown key `finetune.stpes`.*`steps`"),
+    ("unknown section", {"sparsity": {"sparsity": 0.5}}, r"unknown section `sparsity`.*`sparsify`"),
+    ("unknown task", {"data": {"task": "arc_esay", "train_file": None, "eval_file": None}},
+     r"`data.task`='arc_esay'.*Did you mean 'arc_easy'"),
+    ("N:M not dividing", {"sparsify": {"nm": [2, 5]}}, r"m=5 does not divide in_features=64"),
+    ("sparsepeft on unpruned layer", {"sparsify": {"target_modules": ["q_proj"]}},
+     r"sparsify does not prune"),
+]
+
+
+@pytest.mark.parametrize("name, override, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_recipe_fails_early_and_writes_nothing(tmp_path, tiny_recipe, name, override, match):
+    import re
+
+    base = yaml.safe_load(tiny_recipe.read_text())
+    for section, values in override.items():
+        base.setdefault(section, {}).update(values)
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump(base))
+    out = tmp_path / "out"
+    proc = run_cli("run", "--recipe", str(recipe), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("sqft: error:")
+    assert re.search(match, proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_empty_dataset(tmp_path, tiny_recipe):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--set", f"data.train_file={empty}",
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert f"data file `{empty}` holds no rows" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_row_names_the_line(tmp_path, tiny_recipe):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "choices": ["a", "b"], "gold": 0}\n{"query": "q"}\n')
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--set", f"data.train_file={bad}",
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "line 2" in proc.stderr and "`choices`" in proc.stderr
+
+
+def test_missing_recipe_file(tmp_path):
+    proc = run_cli("run", "--recipe", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_failed_rerun_keeps_the_good_stage(tmp_path, tiny_recipe):
+    """A stage that fails midway leaves the previous good stage directory untouched."""
+    out = tmp_path / "out"
+    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+    before = (out / "sparsify" / "stage.json").read_text()
+    # too little calibration text for the request: fails inside the stage, after validation
+    proc = run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out),
+                   "--set", "sparsify.calib_samples=100000")
+    assert proc.returncode == 2 and "calib_samples" in proc.stderr
+    assert (out / "sparsify" / "stage.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["sparsify"]

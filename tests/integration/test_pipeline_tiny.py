@@ -1,0 +1,85 @@
+"""`sqft run` end to end on a tiny Llama: the on-disk layout other tools read, and its invariants."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from sqft_intel import load_stage
+from tests.conftest import run_cli
+
+LOGIT_TOL = 1e-4  # DESIGN §6, fp32
+
+
+def test_run_writes_the_documented_layout(tmp_path, tiny_recipe):
+    out = tmp_path / "run"
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "masks.safetensors",
+              "stage.json"):
+        assert (out / "sparsify" / f).is_file(), f
+    for f in ("adapters.safetensors", "adapter_config.json", "stage.json", "train_log.jsonl"):
+        assert (out / "finetune" / f).is_file(), f
+    assert sorted(p.name for p in (out / "finetune" / "checkpoints").iterdir()) == ["step-000002"]
+    assert (out / "select" / "adapter_model.safetensors").is_file()
+    for f in ("config.json", "model.safetensors", "stage.json", "masks.safetensors"):
+        assert (out / "merge" / f).is_file(), f
+    assert not list(out.glob(".*"))  # no temporary or work directories left behind
+
+    for stage in ("sparsify", "finetune", "select", "merge"):
+        rec = load_stage(out / stage, expect=stage)
+        assert rec.version == "0.1.0" and "fingerprint" in rec.raw
+    masks = load_file(out / "sparsify" / "masks.safetensors")
+    assert "model.layers.0.self_attn.q_proj.weight" in masks
+    merged = load_file(out / "merge" / "model.safetensors")
+    for name, keep in masks.items():
+        assert keep.dtype == torch.bool
+        assert (merged[name][~keep] == 0).all(), name  # 0 new nonzeros
+        assert int((merged[name] != 0).sum()) <= int(keep.sum())
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["variant"].split()[0] for r in summary["rows"]] == ["dense", "sparse", "sparse"]
+    assert summary["merge"]["total_new_nonzeros"] == 0
+    assert summary["merge"]["mean_unmasked_density"] > 0.99  # plain merge would densify
+    assert abs(summary["rows"][2]["sparsity"] - 0.5) < 0.01
+    assert "variant" in proc.stdout and "new nonzeros" in proc.stdout
+
+    # rerun: every stage is up to date, nothing recomputed
+    again = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("up to date") == 4
+
+
+def test_merged_model_equals_unmerged_sparsepeft(tmp_path, tiny_recipe):
+    """Logits of OUT/merge vs sparse base + trained adapters at the selected ranks (fp32)."""
+    import sqft_intel as sq
+    from sqft_intel.pipeline import _trained_model
+    from sqft_intel.recipe import build_recipe, load_recipe_file
+
+    out = tmp_path / "run"
+    assert run_cli("run", "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress",
+                   "--set", "eval.items=4").returncode == 0
+    recipe = build_recipe(load_recipe_file(tiny_recipe))
+    unmerged, _, _ = _trained_model(recipe, out)
+    sq.set_active_ranks_(unmerged, load_stage(out / "select").metrics["ranks"])
+    merged, _ = sq.load_model(str(out / "merge"))
+    ids = torch.randint(300, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = unmerged.eval()(input_ids=ids).logits, merged(input_ids=ids).logits
+    torch.testing.assert_close(b, a, atol=LOGIT_TOL, rtol=0)
+    assert any(m.lora_B.abs().sum() > 0 for m in unmerged.modules()
+               if isinstance(m, sq.ElasticLoraLinear))  # training did move the adapters
+
+
+def test_stage_subcommands_chain(tmp_path, tiny_recipe):
+    out = tmp_path / "run"
+    for stage in ("sparsify", "finetune", "select", "merge", "eval"):
+        proc = run_cli(stage, "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress")
+        assert proc.returncode == 0, (stage, proc.stderr[-2000:])
+    assert (out / "summary.json").is_file()
+
+
+def test_stage_without_its_parent_fails_clearly(tmp_path, tiny_recipe):
+    proc = run_cli("merge", "--recipe", str(tiny_recipe), "--out", str(tmp_path / "empty"))
+    assert proc.returncode == 2
+    assert "not a stage directory" in proc.stderr and "run the stage" in proc.stderr

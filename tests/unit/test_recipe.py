@@ -1,0 +1,42 @@
+import pytest
+
+from sqft_intel import ConfigError
+from sqft_intel.recipe import DEFAULT_RECIPE, QUICK_OVERRIDES, build_recipe, merge_recipe, parse_set
+
+
+def test_partial_recipe_merges_over_defaults():
+    r = build_recipe({"sparsify": {"sparsity": 0.6}})
+    assert r.sparsify.sparsity == 0.6
+    assert r.adapters.rank_space == (32, 24, 16)
+    assert r.model.name_or_path == "smollm2-135m" and r.data.task == "arc_easy"
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown key `sparsify.sparsty`.*Did you mean `sparsity`"):
+        build_recipe({"sparsify": {"sparsty": 0.5}})
+
+
+def test_unknown_section_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown section `finetun`.*Did you mean `finetune`"):
+        build_recipe({"finetun": {"steps": 3}})
+
+
+def test_finetune_section_feeds_adapter_and_train_configs():
+    r = build_recipe({"finetune": {"rank_space": [8, 4], "steps": 7, "mode": "lora"}})
+    assert r.adapters.rank_space == (8, 4) and r.adapters.mode == "lora" and r.train.steps == 7
+
+
+def test_quick_overrides_are_valid_keys():
+    merge_recipe(DEFAULT_RECIPE, QUICK_OVERRIDES)
+
+
+def test_parse_set_reads_yaml_scalars():
+    assert parse_set(["finetune.steps=10", "sparsify.nm=[2, 4]"]) == {
+        "finetune": {"steps": 10}, "sparsify": {"nm": [2, 4]}}
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_set(["steps=10"])
+
+
+def test_section_must_be_mapping():
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        build_recipe({"sparsify": 0.5})
