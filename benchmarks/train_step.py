@@ -22,12 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = {
-    # name: (implementation, mode, autocast bf16)
-    "peft-lora-fp32": ("peft", "lora", False),
-    "peft-lora-bf16": ("peft", "lora", True),
-    "sqft-nls-lora-bf16": ("sqft", "lora", True),
-    "sqft-sparsepeft-bf16": ("sqft", "sparsepeft", True),
-    "sqft-sparsepeft-fp32": ("sqft", "sparsepeft", False),
+    # name: (implementation, mode, autocast bf16, rank space, adapter dropout)
+    "peft-lora-fp32": ("peft", "lora", False, (32,), 0.0),
+    "peft-lora-bf16": ("peft", "lora", True, (32,), 0.0),
+    "sqft-lora-r32-bf16": ("sqft", "lora", True, (32,), 0.0),  # same math as PEFT: overhead check
+    "sqft-nls-lora-bf16": ("sqft", "lora", True, (32, 24, 16), 0.0),
+    "sqft-sparsepeft-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.0),
+    # with adapter dropout SparsePEFT needs the straightforward two-matmul path
+    "sqft-sparsepeft-dropout-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.05),
+    "sqft-sparsepeft-fp32": ("sqft", "sparsepeft", False, (32, 24, 16), 0.0),
 }
 BASELINE = "peft-lora-bf16"
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
@@ -42,13 +45,13 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
     from sqft_intel.sparsity.wanda import row_mask
 
     set_threads()
-    impl, mode, bf16 = CONFIGS[name]
+    impl, mode, bf16, ranks, dropout = CONFIGS[name]
     model, _ = sq.load_model("smollm2-135m")
     torch.manual_seed(0)
     if impl == "peft":
         from peft import LoraConfig, get_peft_model
 
-        peft = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05,
+        peft = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=dropout,
                                                 target_modules=list(TARGETS)))
         model = peft.base_model.model
         sample = None
@@ -60,8 +63,10 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
                     keep = row_mask(mod.weight.abs(), 0.5)
                     mod.weight.mul_(keep)
                     masks[f"{fqn}.weight"] = keep
-        sq.add_adapters_(model, sq.NLSConfig(mode=mode, rank_space=(32, 24, 16), alpha=64.0,
-                                             target_modules=TARGETS), masks=masks)
+        sq.add_adapters_(model, sq.NLSConfig(mode=mode, rank_space=ranks, alpha=64.0,
+                                             dropout=dropout, target_modules=TARGETS,
+                                             elastic_modules=("q_proj", "k_proj", "v_proj")),
+                         masks=masks)
         gen = torch.Generator().manual_seed(0)
         sample = lambda: sq.sample_ranks_(model, gen)  # noqa: E731
     model.train()

@@ -16,7 +16,8 @@ def _common(p: argparse.ArgumentParser, *, out_required: bool) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one recipe value, e.g. --set finetune.steps=50 (repeatable)")
     p.add_argument("--out", type=Path, required=out_required, default=None,
-                   help="run directory holding one sub-directory per stage")
+                   help="run directory, one sub-directory per stage"
+                   + ("" if out_required else " (default: runs/<model>-<task>)"))
     p.add_argument("--quick", action="store_true",
                    help="short schedule (about 3 minutes on 2 cores): fewer steps and eval items")
     p.add_argument("--threads", type=int, default=None,
@@ -31,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: sqft run --quick   (bundled SmolLM2-135M on ARC-Easy)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run every stage and evaluate (default: bundled model)")
+    run = sub.add_parser(
+        "run", help="run every stage and evaluate (default: bundled model)",
+        description="Validate the recipe, then sparsify -> finetune -> select -> merge -> eval. "
+        "Stages whose inputs did not change are reused; an interrupted fine-tuning resumes.")
     _common(run, out_required=False)
     for stage, text in [
         ("sparsify", "Wanda-prune the model into OUT/sparsify"),

@@ -34,26 +34,18 @@ class MCItem:
         return self.choices[self.gold]
 
 
-def _label_index(labels: list[str], key: str) -> int:
-    return labels.index(key)
+def _lettered(question_key: str) -> Callable[[dict], MCItem]:
+    """ARC / OpenBookQA rows: a question, lettered choices and the gold letter."""
+
+    def row(r: dict) -> MCItem:
+        labels = list(r["choices"]["label"])
+        return MCItem(f"Question: {r[question_key]}\nAnswer:", tuple(r["choices"]["text"]),
+                      labels.index(r["answerKey"]))
+
+    return row
 
 
-def _arc(r: dict) -> MCItem:
-    labels = list(r["choices"]["label"])
-    return MCItem(
-        f"Question: {r['question']}\nAnswer:",
-        tuple(r["choices"]["text"]),
-        _label_index(labels, r["answerKey"]),
-    )
-
-
-def _obqa(r: dict) -> MCItem:
-    labels = list(r["choices"]["label"])
-    return MCItem(
-        f"Question: {r['question_stem']}\nAnswer:",
-        tuple(r["choices"]["text"]),
-        _label_index(labels, r["answerKey"]),
-    )
+_arc, _obqa = _lettered("question"), _lettered("question_stem")
 
 
 def _piqa(r: dict) -> MCItem:

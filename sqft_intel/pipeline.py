@@ -115,6 +115,15 @@ def up_to_date(out: Path, stage: str, fp: str) -> bool:
         return False
 
 
+def _current(recipe: Recipe, out: Path, stage: str) -> tuple[str, bool]:
+    """(fingerprint, whether OUT/stage already holds exactly these inputs)."""
+    fp = fingerprint(recipe, stage, out)
+    fresh = up_to_date(out, stage, fp)
+    if fresh:
+        log(f"{stage}: up to date in {out / stage}")
+    return fp, fresh
+
+
 def calibration_ids(recipe: Recipe, tokenizer) -> torch.Tensor:
     """(calib_samples, calib_seq_len) ids: the task's train text, concatenated and cut in pieces."""
     cfg = recipe.sparsify
@@ -136,9 +145,9 @@ def calibration_ids(recipe: Recipe, tokenizer) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the stages
 def run_sparsify(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
-    fp = fingerprint(recipe, "sparsify", out)
-    if up_to_date(out, "sparsify", fp):
-        return log(f"sparsify: up to date in {out / 'sparsify'}")
+    fp, fresh = _current(recipe, out, "sparsify")
+    if fresh:
+        return
     model, tok = load_model(recipe.model.name_or_path,
                             trust_remote_code=recipe.model.trust_remote_code)
     calib = calibration_ids(recipe, tok)
@@ -146,18 +155,10 @@ def run_sparsify(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     res = sparsify_(model, recipe.sparsify, calib=calib, progress=progress)
     seconds = time.perf_counter() - t0
     with atomic_dir(out / "sparsify") as tmp:
-        res.save(tmp, model, tok, extra_metrics={"seconds": seconds})
-        _stamp(tmp, fp, source_model=recipe.model.name_or_path)
+        res.save(tmp, model, tok, extra_metrics={"seconds": seconds}, fingerprint=fp,
+                 source_model=recipe.model.name_or_path)
     log(f"sparsify: {len(res.masks)} layers at {recipe.sparsify.target_sparsity:.0%} "
         f"in {seconds:.1f}s -> {out / 'sparsify'}")
-
-
-def _stamp(stage_dir: Path, fp: str, **extra) -> None:
-    """Add the fingerprint (and extras) to a stage.json just written."""
-    path = stage_dir / "stage.json"
-    record = json.loads(path.read_text())
-    record.update(fingerprint=fp, **extra)
-    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _base_with_adapters(recipe: Recipe, out: Path):
@@ -173,9 +174,9 @@ def _base_with_adapters(recipe: Recipe, out: Path):
 
 
 def run_finetune(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
-    fp = fingerprint(recipe, "finetune", out)
-    if up_to_date(out, "finetune", fp):
-        return log(f"finetune: up to date in {out / 'finetune'}")
+    fp, fresh = _current(recipe, out, "finetune")
+    if fresh:
+        return
     model, tok, _ = _base_with_adapters(recipe, out)
     work = out / ".finetune-work"
     res = finetune_(model, tok, train_items(recipe), recipe.train,
@@ -197,8 +198,8 @@ def run_finetune(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
                      "seconds_per_step": res.seconds / max(1, res.steps - res.resumed_from),
                      "precision": res.precision, "resumed_from": res.resumed_from,
                      "adapter_params_max": count_adapter_params(model),
-                     "rank_counts": res.rank_counts})
-        _stamp(tmp, fp)
+                     "rank_counts": res.rank_counts},
+            fingerprint=fp)
     shutil.rmtree(work, ignore_errors=True)
     log(f"finetune: {res.steps} steps ({res.precision}) in {res.seconds:.0f}s -> {out / 'finetune'}")
 
@@ -211,9 +212,9 @@ def _trained_model(recipe: Recipe, out: Path):
 
 
 def run_select(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
-    fp = fingerprint(recipe, "select", out)
-    if up_to_date(out, "select", fp):
-        return log(f"select: up to date in {out / 'select'}")
+    fp, fresh = _current(recipe, out, "select")
+    if fresh:
+        return
     model, _, _ = _trained_model(recipe, out)
     ranks = set_active_ranks_(model, recipe.select.choice)
     with atomic_dir(out / "select") as tmp:
@@ -221,16 +222,16 @@ def run_select(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
                           alpha=recipe.adapters.alpha)
         write_stage_json(tmp, stage="select", parent="finetune", config=asdict(recipe.select),
                          metrics={"ranks": ranks,
-                                  "adapter_params": count_adapter_params(model, active=True)})
-        _stamp(tmp, fp)
+                                  "adapter_params": count_adapter_params(model, active=True)},
+                         fingerprint=fp)
     elastic = sorted({r for g, r in ranks.items() if g.endswith(".elastic")})
     log(f"select: {recipe.select.strategy} -> elastic ranks {elastic} -> {out / 'select'}")
 
 
 def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
-    fp = fingerprint(recipe, "merge", out)
-    if up_to_date(out, "merge", fp):
-        return log(f"merge: up to date in {out / 'merge'}")
+    fp, fresh = _current(recipe, out, "merge")
+    if fresh:
+        return
     model, tok, masks = _trained_model(recipe, out)
     ranks = load_stage(out / "select", expect="select").metrics["ranks"]
     set_active_ranks_(model, ranks)
@@ -240,8 +241,8 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
         tok.save_pretrained(tmp)
         save_masks(masks, tmp)
         write_stage_json(tmp, stage="merge", parent="select", config=asdict(recipe.merge),
-                         metrics=res.metrics(), targeted_modules=res.targeted_modules)
-        _stamp(tmp, fp)
+                         metrics=res.metrics(), targeted_modules=res.targeted_modules,
+                         fingerprint=fp)
     m = res.metrics()
     log(f"merge: {recipe.merge.method}, mean sparsity {m['mean_sparsity']:.2%}, new nonzeros "
         f"{m['total_new_nonzeros']} (an unmasked LoRA merge would be "

@@ -63,3 +63,9 @@ def find_targets(
             f"{type(model).__name__}; available suffixes: {available}."
         )
     return found
+
+
+def replace_module(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    """Put `module` at `fqn`, so the model keeps its structure and names (no wrapper)."""
+    parent, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)

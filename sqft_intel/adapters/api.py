@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import ArtifactError, ConfigError
-from ..targets import decoder_blocks, find_targets, matches
+from ..targets import decoder_blocks, find_targets, matches, replace_module
 from .config import NLSConfig
 from .elastic_lora import ElasticLoraLinear
 
@@ -26,10 +26,6 @@ class AdapterResult:
     targeted_modules: list[str]
     groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
-
-def _set_module(model: nn.Module, fqn: str, module: nn.Module) -> None:
-    parent_name, _, child = fqn.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def add_adapters_(
@@ -71,7 +67,7 @@ def add_adapters_(
         adapter = ElasticLoraLinear(lin, rank_space=space, scaling=config.scaling,
                                     dropout=config.dropout, mask=mask, group=group)
         adapter.train(lin.training)  # new modules default to train mode: keep the model's mode
-        _set_module(model, fqn, adapter)
+        replace_module(model, fqn, adapter)
     return AdapterResult(config, sorted(targets), groups)
 
 

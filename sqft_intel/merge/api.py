@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..adapters.api import adapter_modules
 from ..errors import ArtifactError, ConfigError
+from ..targets import replace_module
 
 MergeMethod = Literal["sparsepeft", "lora"]
 
@@ -44,10 +45,6 @@ class MergeResult:
             "unmasked_density": self.unmasked_density,
         }
 
-
-def _set_module(model: nn.Module, fqn: str, module: nn.Module) -> None:
-    parent, _, child = fqn.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 @torch.no_grad()
@@ -105,5 +102,5 @@ def merge_(
         result.sparsity[name] = float((w == 0).sum()) / w.numel()
         result.new_nonzeros[name] = int((w[~mask] != 0).sum()) if mask is not None else 0
         m.base.requires_grad_(False)
-        _set_module(model, fqn, m.base)
+        replace_module(model, fqn, m.base)
     return result

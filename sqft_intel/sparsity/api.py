@@ -35,8 +35,11 @@ class SparsityResult:
     targeted_modules: list[str] = field(default_factory=list)
 
     def save(self, out_dir: Path, model: nn.Module, tokenizer=None, *, parent: str | None = None,
-             extra_metrics: dict | None = None) -> None:
-        """HF `save_pretrained` files + `masks.safetensors` + `stage.json` into `out_dir`."""
+             extra_metrics: dict | None = None, **stage_extra) -> None:
+        """HF `save_pretrained` files + `masks.safetensors` + `stage.json` into `out_dir`.
+
+        `stage_extra` goes verbatim into `stage.json` (e.g. the pipeline's fingerprint).
+        """
         model.save_pretrained(out_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
@@ -44,7 +47,7 @@ class SparsityResult:
         metrics = {"sparsity": self.sparsity, "mean_sparsity": mean_sparsity(self.sparsity)}
         write_stage_json(out_dir, stage="sparsify", config=asdict(self.config), parent=parent,
                          metrics={**metrics, **(extra_metrics or {})},
-                         targeted_modules=self.targeted_modules)
+                         targeted_modules=self.targeted_modules, **stage_extra)
 
 
 def save_masks(masks: dict[str, Tensor], out_dir: Path) -> None:
