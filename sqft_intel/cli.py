@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run, out_required=False)
     for stage, text in [
         ("sparsify", "Wanda-prune the model into OUT/sparsify"),
+        ("quantize", "INT4 (rtn or mask-aware gptq) of OUT/sparsify into OUT/quantize, zeros kept"),
         ("finetune", "train NLS adapters on OUT/sparsify into OUT/finetune (resumes)"),
         ("select", "pick a sub-adapter of OUT/finetune into OUT/select"),
         ("merge", "fold the selected sub-adapter into the sparse weights: OUT/merge"),

@@ -37,9 +37,11 @@ from .sparsity.api import MASKS_FILE, check_masks_match, load_masks, save_masks,
 from .targets import find_targets, matches
 
 STAGES = ("sparsify", "finetune", "select", "merge")
-_PARENT = {"sparsify": None, "finetune": "sparsify", "select": "finetune", "merge": "select"}
+_PARENT = {"sparsify": None, "quantize": "sparsify", "finetune": "sparsify", "select": "finetune",
+           "merge": "select"}
 _SECTIONS = {
     "sparsify": ("model", "data", "sparsify"),
+    "quantize": ("data", "quantize"),
     "finetune": ("data", "finetune"),
     "select": ("select",),
     "merge": ("merge",),
@@ -91,7 +93,18 @@ def validate(recipe: Recipe, stages: tuple[str, ...] = STAGES) -> None:
                 f"`finetune.mode`='sparsepeft' adapts {unsparse[:2]}, which sparsify does not "
                 "prune (no mask); add their suffixes to `sparsify.target_modules`."
             )
-    if "sparsify" in stages or "finetune" in stages:
+    if "quantize" in stages:
+        from .quantization.api import layer_groups
+
+        qt = find_targets(skeleton, recipe.quantize.target_modules, what="quantize.target_modules")
+        layer_groups(qt, recipe.quantize)  # a group size that does not divide a layer fails here
+        unsparse = [f for f in qt if not matches(f, recipe.sparsify.target_modules)]
+        if unsparse:
+            raise ConfigError(
+                f"`quantize.target_modules` include {unsparse[:2]}, which sparsify does not prune "
+                "(no mask to keep); add their suffixes to `sparsify.target_modules`."
+            )
+    if {"sparsify", "quantize", "finetune"} & set(stages):  # they read the train split
         if not train_items(recipe):
             raise ConfigError("the training data is empty; check `data.task` / `data.train_file`.")
     if not eval_items(recipe):
@@ -124,9 +137,12 @@ def _current(recipe: Recipe, out: Path, stage: str) -> tuple[str, bool]:
     return fp, fresh
 
 
-def calibration_ids(recipe: Recipe, tokenizer) -> torch.Tensor:
-    """(calib_samples, calib_seq_len) ids: the task's train text, concatenated and cut in pieces."""
-    cfg = recipe.sparsify
+def calibration_ids(recipe: Recipe, tokenizer, cfg=None) -> torch.Tensor:
+    """(calib_samples, calib_seq_len) ids: the task's train text, concatenated and cut in pieces.
+
+    `cfg` holds calib_samples/calib_seq_len/seed: the sparsify config unless given.
+    """
+    cfg = cfg or recipe.sparsify
     texts = data_mod.calibration_texts(train_items(recipe))
     random.Random(cfg.seed).shuffle(texts)
     need = cfg.calib_samples * cfg.calib_seq_len
@@ -137,8 +153,8 @@ def calibration_ids(recipe: Recipe, tokenizer) -> torch.Tensor:
             break
     if len(ids) < need:
         raise ConfigError(
-            f"the training text has {len(ids)} tokens, Wanda needs calib_samples*calib_seq_len="
-            f"{need}; lower `sparsify.calib_samples` or `sparsify.calib_seq_len`."
+            f"the training text has {len(ids)} tokens, calibration needs calib_samples*"
+            f"calib_seq_len={need}; lower `calib_samples` or `calib_seq_len`."
         )
     return torch.tensor(ids[:need]).reshape(cfg.calib_samples, cfg.calib_seq_len)
 
@@ -159,6 +175,32 @@ def run_sparsify(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
                  source_model=recipe.model.name_or_path)
     log(f"sparsify: {len(res.masks)} layers at {recipe.sparsify.target_sparsity:.0%} "
         f"in {seconds:.1f}s -> {out / 'sparsify'}")
+
+
+def run_quantize(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
+    """INT4 (rtn or mask-aware gptq) of OUT/sparsify into OUT/quantize; every zero kept."""
+    from .quantization.api import quantize_
+
+    fp, fresh = _current(recipe, out, "quantize")
+    if fresh:
+        return
+    sp = out / "sparsify"
+    load_stage(sp, expect="sparsify", require=(MASKS_FILE, "config.json"))
+    model, tok = load_model(str(sp))
+    masks = load_masks(sp)
+    check_masks_match(model, masks)
+    calib = calibration_ids(recipe, tok, recipe.quantize) if recipe.quantize.method == "gptq" else None
+    t0 = time.perf_counter()
+    res = quantize_(model, recipe.quantize, masks=masks, calib=calib, progress=progress)
+    seconds = time.perf_counter() - t0
+    with atomic_dir(out / "quantize") as tmp:
+        res.save(tmp, model, tok, parent="sparsify", fingerprint=fp)
+        save_masks(masks, tmp)
+    m = res.metrics()
+    log(f"quantize: {recipe.quantize.method} INT4 g{recipe.quantize.group_size} on "
+        f"{len(res.targeted_modules)} layers in {seconds:.1f}s, mean sparsity "
+        f"{m['mean_sparsity']:.2%}, new nonzeros {m['total_new_nonzeros']}, mean relative weight "
+        f"error {m['mean_rel_error']:.4f} -> {out / 'quantize'}")
 
 
 def _base_with_adapters(recipe: Recipe, out: Path):
@@ -249,8 +291,8 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
         f"{m['mean_unmasked_density']:.2%} dense) -> {out / 'merge'}")
 
 
-RUNNERS = {"sparsify": run_sparsify, "finetune": run_finetune, "select": run_select,
-           "merge": run_merge}
+RUNNERS = {"sparsify": run_sparsify, "quantize": run_quantize, "finetune": run_finetune,
+           "select": run_select, "merge": run_merge}
 
 
 # ---------------------------------------------------------------- evaluation and summary

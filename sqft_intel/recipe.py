@@ -18,6 +18,7 @@ import yaml
 from .adapters.config import NLSConfig
 from .errors import ConfigError
 from .finetune.config import TrainConfig
+from .quantization.config import Int4Config
 from .sparsity.config import SparsityConfig
 
 
@@ -115,6 +116,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "model": (ModelConfig,),
     "data": (DataConfig,),
     "sparsify": (SparsityConfig,),
+    "quantize": (Int4Config,),
     "finetune": (NLSConfig, TrainConfig),
     "select": (SelectConfig,),
     "merge": (MergeConfig,),
@@ -145,6 +147,7 @@ DEFAULT_RECIPE: dict[str, dict[str, Any]] = _defaults()
 # `--quick`: the same pipeline on a schedule that finishes in about 3 minutes on 2 cores.
 QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     "sparsify": {"calib_samples": 16},
+    "quantize": {"calib_samples": 16},
     "finetune": {"steps": 30, "warmup_steps": 3, "checkpoint_every": 10},
     "eval": {"items": 150},
 }
@@ -210,6 +213,7 @@ class Recipe:
     model: ModelConfig
     data: DataConfig
     sparsify: SparsityConfig
+    quantize: Int4Config
     adapters: NLSConfig
     train: TrainConfig
     select: SelectConfig
@@ -243,6 +247,7 @@ def build_recipe(*layers: dict | tuple[str, dict]) -> Recipe:
         model=_build(ModelConfig, raw["model"]),
         data=_build(DataConfig, raw["data"]),
         sparsify=_build(SparsityConfig, raw["sparsify"]),
+        quantize=_build(Int4Config, raw["quantize"]),
         adapters=_build(NLSConfig, raw["finetune"]),
         train=_build(TrainConfig, raw["finetune"]),
         select=_build(SelectConfig, raw["select"]),

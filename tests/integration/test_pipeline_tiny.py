@@ -83,3 +83,36 @@ def test_stage_without_its_parent_fails_clearly(tmp_path, tiny_recipe):
     proc = run_cli("merge", "--recipe", str(tiny_recipe), "--out", str(tmp_path / "empty"))
     assert proc.returncode == 2
     assert "not a stage directory" in proc.stderr and "run the stage" in proc.stderr
+
+
+def test_quantize_stage_writes_int4_keeping_zeros(tmp_path, tiny_recipe):
+    out = tmp_path / "run"
+    for args in (("sparsify",), ("quantize", "--set", "quantize.group_size=32",
+                                 "--set", "quantize.calib_samples=4",
+                                 "--set", "quantize.calib_seq_len=32")):
+        proc = run_cli(*args, "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = load_stage(out / "quantize", expect="quantize")
+    assert rec.parent == "sparsify" and rec.config["method"] == "gptq"
+    assert rec.metrics["total_new_nonzeros"] == 0
+    int4 = load_file(out / "quantize" / "int4.safetensors")
+    masks = load_file(out / "sparsify" / "masks.safetensors")
+    from sqft_intel.quantization.int4 import unpack
+
+    for name, keep in masks.items():
+        q = unpack(int4[f"{name}.qweight"])
+        z = int4[f"{name}.zeros"].repeat_interleave(32, dim=1)
+        assert int4[f"{name}.scales"].dtype == torch.float16 and q.shape == keep.shape
+        assert (q[~keep] == z[~keep]).all(), name
+    plain = load_file(out / "quantize" / "model.safetensors")  # HF files hold Q(W): zeros too
+    assert all((plain[n][~k] == 0).all() for n, k in masks.items())
+
+
+def test_quantize_group_size_error_before_work(tmp_path, tiny_recipe):
+    out = tmp_path / "run"
+    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+    proc = run_cli("quantize", "--recipe", str(tiny_recipe), "--out", str(out),
+                   "--set", "quantize.group_size=48")
+    assert proc.returncode == 2
+    assert "group_size`=48 does not divide in_features=64 of `model.layers.0" in proc.stderr
+    assert not (out / "quantize").exists()

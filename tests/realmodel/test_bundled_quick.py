@@ -80,3 +80,28 @@ def test_bundled_tokenizer_decoder_round_trips():
     for text in ["Question: Which is warmer?\nAnswer: the sun", "naïve café — 42°C, ½ cup 🍵"]:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+def test_int4_on_the_bundled_model_keeps_every_zero(quick_run, tmp_path, method):
+    """Quantize the quick run's sparse SmolLM2 (group 64): q == z wherever the mask is False."""
+    import shutil
+
+    from sqft_intel.quantization.int4 import unpack
+
+    src, _ = quick_run
+    out = tmp_path / "run"
+    shutil.copytree(src / "sparsify", out / "sparsify")
+    proc = run_cli("quantize", "--quick", "--out", str(out), "--no-progress",
+                   "--set", f"quantize.method={method}", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = load_stage(out / "quantize", expect="quantize")
+    assert rec.config["group_size"] == 64 and rec.metrics["total_new_nonzeros"] == 0
+    int4 = load_file(out / "quantize" / "int4.safetensors")
+    masks = load_file(out / "sparsify" / "masks.safetensors")
+    assert len(masks) == 210
+    for name, keep in masks.items():
+        q = unpack(int4[f"{name}.qweight"])
+        z = int4[f"{name}.zeros"].repeat_interleave(64, dim=1)
+        assert (q[~keep] == z[~keep]).all(), name
+    assert rec.metrics["mean_rel_error"] < 0.2

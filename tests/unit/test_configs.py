@@ -4,13 +4,14 @@ from dataclasses import asdict
 import pytest
 
 from sqft_intel import ConfigError, NLSConfig, SparsityConfig, TrainConfig
+from sqft_intel.quantization.config import Int4Config
 from sqft_intel.recipe import DataConfig, EvalConfig, MergeConfig, ModelConfig, SelectConfig
 
 
 @pytest.mark.parametrize("cfg", [
     SparsityConfig(), SparsityConfig(nm=(2, 4)), NLSConfig(), NLSConfig(mode="lora", rank_space=(8,)),
     TrainConfig(), ModelConfig(), DataConfig(), SelectConfig(), SelectConfig("custom", 16),
-    MergeConfig(), EvalConfig(items=10),
+    MergeConfig(), EvalConfig(items=10), Int4Config(), Int4Config(method="rtn", group_size=-1),
 ])
 def test_config_round_trips_through_json(cfg):
     assert type(cfg)(**json.loads(json.dumps(asdict(cfg)))) == cfg

@@ -1,0 +1,233 @@
+"""`quantize_`: INT4 weight-only quantization of the sparse base, without losing one zero."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..artifacts import write_stage_json
+from ..errors import ArtifactError, ConfigError
+from ..sparsity.calibrate import block_output, capture_block_inputs
+from ..targets import decoder_blocks, find_targets, replace_module
+from .config import Int4Config
+from .gptq import gptq_quantize
+from .int4 import dequantize, group_params, quantize, resolve_group
+from .modules import Int4Linear
+
+INT4_FILE = "int4.safetensors"
+
+
+@dataclass
+class QuantizationResult:
+    """What `quantize_` did.
+
+    Attributes:
+        group_sizes: weight name -> group size used (differs from the config only by fallback).
+        sparsity: weight name -> fraction of q == z (exact zeros) after quantization.
+        new_nonzeros: weight name -> dequantized nonzeros where the mask is False (always 0).
+        rel_error: weight name -> ‖Q(W) - W‖_F / ‖W‖_F.
+    """
+
+    config: Int4Config
+    group_sizes: dict[str, int] = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)
+    new_nonzeros: dict[str, int] = field(default_factory=dict)
+    rel_error: dict[str, float] = field(default_factory=dict)
+    targeted_modules: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        n = max(1, len(self.sparsity))
+        return {"mean_sparsity": sum(self.sparsity.values()) / n,
+                "total_new_nonzeros": sum(self.new_nonzeros.values()),
+                "mean_rel_error": sum(self.rel_error.values()) / n,
+                "group_sizes": self.group_sizes, "sparsity": self.sparsity,
+                "rel_error": self.rel_error}
+
+    def save(self, out_dir: Path, model: nn.Module, tokenizer=None, **stage_extra) -> None:
+        """`int4.safetensors` (qweight/scales/zeros per weight), HF files with Q(W), stage.json."""
+        out_dir = Path(out_dir)
+        save_int4(model, out_dir)
+        with dequantized_copy(model) as plain:
+            plain.save_pretrained(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        stage_extra.setdefault("parent", None)
+        write_stage_json(out_dir, stage="quantize", config=asdict(self.config),
+                         metrics=self.metrics(), targeted_modules=self.targeted_modules,
+                         **stage_extra)
+
+
+def int4_modules(model: nn.Module) -> dict[str, Int4Linear]:
+    return {f: m for f, m in model.named_modules() if isinstance(m, Int4Linear)}
+
+
+def save_int4(model: nn.Module, out_dir: Path) -> None:
+    tensors = {}
+    for fqn, m in int4_modules(model).items():
+        tensors[f"{fqn}.weight.qweight"] = m.qweight.contiguous()
+        tensors[f"{fqn}.weight.scales"] = m.scales.contiguous()
+        tensors[f"{fqn}.weight.zeros"] = m.zeros.contiguous()
+    save_file(tensors, Path(out_dir) / INT4_FILE)
+
+
+def load_int4_(model: nn.Module, stage_dir: Path) -> list[str]:
+    """Swap the Linear layers named in `stage_dir/int4.safetensors` for `Int4Linear`s."""
+    path = Path(stage_dir) / INT4_FILE
+    if not path.is_file():
+        raise ArtifactError(f"`{path}` is missing; rerun the quantize stage.")
+    tensors = load_file(path)
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})  # "<fqn>.weight"
+    for name in names:
+        fqn = name.removesuffix(".weight")
+        lin = model.get_submodule(fqn)
+        q = tensors[f"{name}.qweight"]
+        if not isinstance(lin, nn.Linear) or tuple(q.shape) != (lin.out_features, lin.in_features // 2):
+            raise ArtifactError(f"`{name}` in {path} does not fit this model; another base model?")
+        mod = Int4Linear(lin.in_features, lin.out_features,
+                         lin.in_features // tensors[f"{name}.scales"].shape[1], bias=lin.bias)
+        mod.qweight.copy_(q)
+        mod.scales.copy_(tensors[f"{name}.scales"])
+        mod.zeros.copy_(tensors[f"{name}.zeros"])
+        replace_module(model, fqn, mod)
+    return names
+
+
+class dequantized_copy:
+    """Context: the model with Int4Linear swapped for plain Linear holding Q(W), then swapped back
+    (HF `save_pretrained` needs plain parameters)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.swapped = model, {}
+
+    def __enter__(self) -> nn.Module:
+        for fqn, m in int4_modules(self.model).items():
+            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            lin.weight = nn.Parameter(m.dequantized_weight(), requires_grad=False)
+            if m.bias is not None:
+                lin.bias = m.bias
+            self.swapped[fqn] = m
+            replace_module(self.model, fqn, lin)
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        for fqn, m in self.swapped.items():
+            replace_module(self.model, fqn, m)
+
+
+def layer_groups(targets: dict[str, nn.Linear], config: Int4Config) -> dict[str, int]:
+    """Group size per layer; a non-dividing size fails naming the layer unless fallback is on."""
+    out = {}
+    for fqn, lin in targets.items():
+        g = resolve_group(lin.in_features, config.group_size)
+        if lin.in_features % g:
+            if not config.per_layer_fallback:
+                raise ConfigError(
+                    f"`quantize.group_size`={config.group_size} does not divide in_features="
+                    f"{lin.in_features} of `{fqn}`; use a divisor of {lin.in_features} (e.g. 64) "
+                    "or set `quantize.per_layer_fallback: true`."
+                )
+            g = max(d for d in range(2, g) if lin.in_features % d == 0 and d % 2 == 0)
+        out[f"{fqn}.weight"] = g
+    return out
+
+
+class _Hessians:
+    """Forward hooks accumulating H = Σ x xᵀ (in, in) fp32 per layer."""
+
+    def __init__(self, layers: dict[str, nn.Linear]):
+        self.H = {n: torch.zeros(m.in_features, m.in_features) for n, m in layers.items()}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # (tokens, in)
+            self.H[name] += (x.T @ x).to(self.H[name].device)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@torch.no_grad()
+def quantize_(
+    model: nn.Module, config: Int4Config, *, masks: dict[str, Tensor],
+    calib: Tensor | None = None, batch_size: int = 8, progress: bool = True,
+) -> QuantizationResult:
+    """Replace each targeted Linear by an `Int4Linear`; pruned weights stay exactly zero.
+
+    Args:
+        masks: weight name -> (out, in) bool keep-mask from the sparsify stage (stored masks,
+            never re-derived from W != 0). Every target needs one.
+        calib: (N, T) token ids; required for `gptq`. Blocks are processed in order and each
+            sees the outputs of the already-quantized blocks before it.
+
+    Raises:
+        ConfigError: a group size that does not divide a layer, gptq without calibration data.
+        ArtifactError: masks missing for a target, of another shape, or the weight nonzero where
+            its mask says pruned.
+
+    Example:
+        >>> quantize_(model, Int4Config(method="rtn", group_size=64), masks=masks)  # doctest: +SKIP
+    """
+    targets = find_targets(model, config.target_modules, what="quantize.target_modules")
+    groups = layer_groups(targets, config)
+    for fqn, lin in targets.items():
+        m = masks.get(f"{fqn}.weight")
+        if m is None or tuple(m.shape) != tuple(lin.weight.shape):
+            raise ArtifactError(
+                f"no mask of shape {tuple(lin.weight.shape)} for `{fqn}.weight`; the masks do not "
+                "match this model (rerun sparsify on it, or quantize only sparsified layers)."
+            )
+        if (lin.weight[~m.to(lin.weight.device)] != 0).any():
+            raise ArtifactError(f"`{fqn}.weight` is nonzero where its mask says pruned.")
+    if config.method == "gptq" and calib is None:
+        raise ConfigError("`quantize.method`='gptq' needs calibration ids (`calib=`).")
+    result = QuantizationResult(config, group_sizes=groups, targeted_modules=sorted(targets))
+
+    def finish(fqn: str, lin: nn.Linear, q: Tensor, s: Tensor, z: Tensor) -> None:
+        name = f"{fqn}.weight"
+        keep = masks[name].to(q.device)
+        W = lin.weight.detach().float()
+        deq = dequantize(q, s, z)
+        result.sparsity[name] = float((deq == 0).sum()) / deq.numel()
+        result.new_nonzeros[name] = int((deq[~keep] != 0).sum())
+        assert result.new_nonzeros[name] == 0, "INT4 grid put a nonzero on a pruned weight"
+        result.rel_error[name] = float((deq - W).norm() / W.norm().clamp(min=1e-12))
+        bias = lin.bias.detach() if lin.bias is not None else None
+        replace_module(model, fqn, Int4Linear.from_quantized(q, s, z, bias))
+
+    if config.method == "rtn":
+        for fqn, lin in tqdm(targets.items(), desc="rtn", disable=not progress):
+            g = groups[f"{fqn}.weight"]
+            s, z = group_params(lin.weight, g, sym=config.sym)
+            finish(fqn, lin, quantize(lin.weight, s, z), s, z)
+        return result
+
+    prefix, blocks = decoder_blocks(model)
+    was_training = model.training
+    model.eval()
+    records = capture_block_inputs(model, blocks[0], list(calib.split(batch_size)))
+    for i, block in enumerate(tqdm(blocks, desc="gptq", unit="block", disable=not progress)):
+        layers = {f: m for f, m in targets.items() if f.startswith(f"{prefix}.{i}.")}
+        hess = _Hessians(layers)
+        try:
+            for hidden, kwargs in records:
+                block(hidden, **kwargs)
+        finally:
+            hess.remove()
+        for fqn, lin in layers.items():
+            name = f"{fqn}.weight"
+            q, s, z = gptq_quantize(lin.weight, hess.H[fqn], masks[name], group=groups[name],
+                                    sym=config.sym, damp=config.damp, act_order=config.act_order)
+            finish(fqn, lin, q, s, z)
+        # later blocks calibrate on this block's quantized outputs (GPTQ's sequential variant)
+        records = [(block_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in records]
+    model.train(was_training)
+    return result
