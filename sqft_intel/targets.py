@@ -19,7 +19,7 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     best: tuple[str, nn.ModuleList] | None = None
     for fqn, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) and any(
-            isinstance(m, nn.Linear) for m in mod[0].modules()
+            isinstance(m, _linear_kinds()) for m in mod[0].modules()
         ):
             if best is None or len(mod) > len(best[1]):
                 best = (fqn, mod)
@@ -29,6 +29,12 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             "supports decoder-only causal LMs such as Llama, Mistral, Qwen2 and Phi-3."
         )
     return best
+
+
+def _linear_kinds() -> tuple[type, ...]:
+    from .quantization.modules import Int4Linear
+
+    return (nn.Linear, Int4Linear)
 
 
 def matches(fqn: str, suffixes: tuple[str, ...]) -> bool:
@@ -56,7 +62,7 @@ def find_targets(
     if not found:
         available = sorted(
             {fqn.rsplit(".", 1)[-1] for fqn, m in model.named_modules()
-             if fqn.startswith(prefix + ".") and isinstance(m, nn.Linear)}
+             if fqn.startswith(prefix + ".") and isinstance(m, _linear_kinds())}
         )
         raise ConfigError(
             f"`{what}`={list(suffixes)} matched no Linear layer in the decoder blocks of "

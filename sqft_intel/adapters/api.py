@@ -29,30 +29,47 @@ class AdapterResult:
 
 
 def add_adapters_(
-    model: nn.Module, config: NLSConfig, *, masks: dict[str, Tensor] | None = None
+    model: nn.Module, config: NLSConfig, *, masks: dict[str, Tensor] | None = None,
+    fp_weights: dict[str, Tensor] | None = None,
 ) -> AdapterResult:
-    """Swap each targeted Linear for an `ElasticLoraLinear` at the same FQN; freeze the rest.
+    """Swap each targeted layer for an `ElasticLoraLinear` at the same FQN; freeze the rest.
 
     Args:
-        model: a HF causal LM.
+        model: a HF causal LM; for `sqft`/`qa-sparsepeft` its targets are `Int4Linear`s.
         config: rank space, targets and mode.
-        masks: weight name -> (out, in) bool keep-mask; required for `mode="sparsepeft"`.
+        masks: weight name -> (out, in) bool keep-mask; required for the masked modes.
+        fp_weights: weight name -> FP sparse weight, for `qa_base="fp"`.
 
     Raises:
-        ConfigError: no target matched, or SparsePEFT without a mask for some target.
+        ConfigError: no target matched, a masked mode without a mask for some target, or a mode
+            that does not fit the base (INT4 modes on FP layers and the reverse).
 
     Example:
-        >>> add_adapters_(model, NLSConfig(rank_space=(32, 24, 16)), masks=res.masks)  # doctest: +SKIP
+        >>> add_adapters_(model, NLSConfig(rank_space=(32, 24, 16)), masks=res.masks)  # +SKIP
     """
-    targets = find_targets(model, config.target_modules, what="finetune.target_modules")
-    if config.mode == "sparsepeft":
+    from ..quantization.modules import Int4Linear
+
+    targets = find_targets(model, config.target_modules, what="finetune.target_modules",
+                           kinds=(nn.Linear, Int4Linear))
+    wrong = [f for f, m in targets.items() if isinstance(m, Int4Linear) != config.quantized_base]
+    if wrong:
+        need = "an INT4 base (run the quantize stage first)" if config.quantized_base else \
+            "FP layers (use mode 'sqft' or 'qa-sparsepeft' on an INT4 base)"
+        raise ConfigError(
+            f"`finetune.mode`={config.mode!r} needs {need}; `{wrong[0]}` is "
+            f"{type(targets[wrong[0]]).__name__}."
+        )
+    if config.masked:
         missing = [f for f in targets if masks is None or f"{f}.weight" not in masks]
         if missing:
             raise ConfigError(
-                f"`finetune.mode`='sparsepeft' needs a sparsity mask for every target, none for "
+                f"`finetune.mode`={config.mode!r} needs a sparsity mask for every target, none for "
                 f"{missing[:3]}{'...' if len(missing) > 3 else ''}; sparsify those layers first or "
-                "use mode 'lora'."
+                "use an unmasked mode ('lora', 'sqft')."
             )
+    if config.mode == "qa-sparsepeft" and config.qa_base == "fp" and (
+            fp_weights is None or any(f"{f}.weight" not in fp_weights for f in targets)):
+        raise ConfigError("`finetune.qa_base`='fp' needs the FP sparse weights (`fp_weights=`).")
     prefix, _ = decoder_blocks(model)
     model.requires_grad_(False)
     groups: dict[str, tuple[int, ...]] = {}
@@ -63,9 +80,15 @@ def add_adapters_(
         else:  # fixed at r_max: its own singleton group
             group, space = fqn, (config.max_rank,)
         groups[group] = space
-        mask = masks[f"{fqn}.weight"] if config.mode == "sparsepeft" else None
+        name = f"{fqn}.weight"
+        mask = masks[name] if config.masked else None
+        qa_base = None
+        if config.mode == "qa-sparsepeft":
+            qa_base = fp_weights[name] if config.qa_base == "fp" else lin.dequantized_weight()
+            qa_base = qa_base.float() * mask.to(qa_base.device)  # W̃ is sparse by construction
         adapter = ElasticLoraLinear(lin, rank_space=space, scaling=config.scaling,
-                                    dropout=config.dropout, mask=mask, group=group)
+                                    dropout=config.dropout, mask=mask, group=group,
+                                    qa_base=qa_base)
         adapter.train(lin.training)  # new modules default to train mode: keep the model's mode
         replace_module(model, fqn, adapter)
     return AdapterResult(config, sorted(targets), groups)

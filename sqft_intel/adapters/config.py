@@ -7,14 +7,22 @@ from typing import Literal
 
 from ..errors import ConfigError
 
+MODES = ("lora", "sparsepeft", "sqft", "qa-sparsepeft")
+
 
 @dataclass(frozen=True)
 class NLSConfig:
     """Elastic-rank LoRA (Neural Low-rank adapter Search, SQFT §3.1).
 
     Args:
-        mode: `lora` (plain elastic adapters, the paper's Shears row) or `sparsepeft`
-            (ΔW = (s·B_r A_r) ⊙ M, so merging keeps the base's sparsity exactly).
+        mode: `lora` (plain elastic adapters, the paper's Shears row), `sparsepeft`
+            (ΔW = (s·B_r A_r) ⊙ M, so merging keeps the base's sparsity exactly), `sqft` (plain
+            adapters on the frozen INT4 base, left unmerged) or `qa-sparsepeft` (y =
+            Q_{σ,z}(W̃ + ΔW ⊙ M) x on the INT4 base's frozen grid: merges into an INT4 model that
+            equals the trained one). The last two need a quantized base (`Int4Linear` targets).
+        qa_base: QA-SparsePEFT's W̃: `dequantized` (the INT4 base's Q(W): at ΔW = 0 the model is
+            exactly the quantized base, GPTQ's error compensation kept) or `fp` (the FP sparse
+            weights, the paper's choice: the first forward re-rounds W on GPTQ's grid).
         rank_space: ranks an adapter can be sliced to. Stored sorted, largest first.
         alpha: LoRA scaling numerator; `scaling = alpha / max(rank_space)` for every sub-rank.
         dropout: dropout on the adapter input only (never on the frozen base path). Default 0:
@@ -25,16 +33,25 @@ class NLSConfig:
             sampled rank (the paper: q/k/v). Other targets stay at `max(rank_space)`.
     """
 
-    mode: Literal["lora", "sparsepeft"] = "sparsepeft"
+    mode: Literal["lora", "sparsepeft", "sqft", "qa-sparsepeft"] = "sparsepeft"
     rank_space: tuple[int, ...] = (32, 24, 16)
     alpha: float = 64.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
     elastic_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    qa_base: Literal["dequantized", "fp"] = "dequantized"
 
     def __post_init__(self):
-        if self.mode not in ("lora", "sparsepeft"):
-            raise ConfigError(f"`finetune.mode`={self.mode!r}; use 'lora' or 'sparsepeft'.")
+        if self.mode not in MODES:
+            raise ConfigError(f"`finetune.mode`={self.mode!r}; use one of {list(MODES)}.")
+        if self.qa_base not in ("dequantized", "fp"):
+            raise ConfigError(f"`finetune.qa_base`={self.qa_base!r}; use 'dequantized' or 'fp'.")
+        if self.mode == "qa-sparsepeft" and self.dropout:
+            raise ConfigError(
+                f"`finetune.dropout`={self.dropout} with mode 'qa-sparsepeft': the update is added "
+                "to the weights before quantization, so there is no separate adapter path to drop "
+                "out (dropping the base path is a known defect); set dropout to 0."
+            )
         try:
             ranks = tuple(sorted({int(r) for r in self.rank_space}, reverse=True))
         except (TypeError, ValueError) as e:
@@ -61,6 +78,15 @@ class NLSConfig:
             raise ConfigError(f"`finetune.dropout`={self.dropout} must be in [0, 1).")
         if self.alpha <= 0:
             raise ConfigError(f"`finetune.alpha`={self.alpha} must be positive.")
+
+    @property
+    def quantized_base(self) -> bool:
+        """Whether the mode trains on the INT4 base of a quantize stage."""
+        return self.mode in ("sqft", "qa-sparsepeft")
+
+    @property
+    def masked(self) -> bool:
+        return self.mode in ("sparsepeft", "qa-sparsepeft")
 
     @property
     def max_rank(self) -> int:

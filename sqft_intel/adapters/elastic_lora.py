@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..quantization.fake_quant import fake_quant
+
 
 class ElasticLoraLinear(nn.Module):
     """y = W x + s · (B_r A_r ⊙ M) drop(x), with r the active rank (SQFT Eq. 2; M = None for LoRA).
@@ -22,10 +24,13 @@ class ElasticLoraLinear(nn.Module):
         scaling: s = alpha / r_max.
         mask: (out, in) bool keep-mask for SparsePEFT, or None for plain LoRA.
         group: name of the rank group this adapter's rank is sampled with.
+        qa_base: QA-SparsePEFT only (base is an `Int4Linear`): W̃ (out, in) fp32, the weights the
+            masked update is added to before fake quantization on the base's frozen grid:
+            y = Q_{σ,z}(W̃ + ΔW ⊙ M) x.
     """
 
-    def __init__(self, base: nn.Linear, *, rank_space: tuple[int, ...], scaling: float,
-                 dropout: float, mask: Tensor | None, group: str):
+    def __init__(self, base: nn.Module, *, rank_space: tuple[int, ...], scaling: float,
+                 dropout: float, mask: Tensor | None, group: str, qa_base: Tensor | None = None):
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
@@ -39,6 +44,10 @@ class ElasticLoraLinear(nn.Module):
         if mask is not None and tuple(mask.shape) != tuple(w.shape):
             raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(w.shape)}")
         self.register_buffer("mask", None if mask is None else mask.to(torch.bool), persistent=False)
+        if qa_base is not None and mask is None:
+            raise ValueError("QA-SparsePEFT needs the sparsity mask")
+        self.register_buffer("qa_base", None if qa_base is None else qa_base.float(),
+                             persistent=False)
         self.rank_space = tuple(rank_space)
         self.group = group
         self.active_rank = r_max
@@ -57,8 +66,17 @@ class ElasticLoraLinear(nn.Module):
         delta = (self.lora_B[:, :r] @ self.lora_A[:r]) * self.scaling
         return delta * self.mask if self.mask is not None else delta
 
+    def qa_target(self, rank: int | None = None) -> Tensor:
+        """W̃ + ΔW ⊙ M in fp32 with autocast off: the forward and the INT4 merge round the very
+        same numbers, so the merged integers equal the trained ones bit for bit."""
+        with torch.autocast(self.lora_A.device.type, enabled=False):
+            return self.qa_base + self.delta_weight(rank).float()
+
     def forward(self, x: Tensor) -> Tensor:
         r = self.active_rank
+        if self.qa_base is not None:  # QA-SparsePEFT: y = Q_{σ,z}(W̃ + ΔW ⊙ M) x
+            w = fake_quant(self.qa_target(r), self.base.scales, self.base.zeros)
+            return F.linear(x, w, self.base.bias)
         if self.mask is None:  # plain LoRA: two skinny matmuls, ΔW never materialized
             xd = self.dropout(x)
             lora = F.linear(F.linear(xd, self.lora_A[:r]), self.lora_B[:, :r]) * self.scaling
@@ -71,5 +89,6 @@ class ElasticLoraLinear(nn.Module):
         return F.linear(x, self.base.weight + self.delta_weight(r), self.base.bias)
 
     def extra_repr(self) -> str:
-        kind = "sparsepeft" if self.mask is not None else "lora"
+        kind = "qa-sparsepeft" if self.qa_base is not None else (
+            "sparsepeft" if self.mask is not None else "lora")
         return f"{kind}, rank_space={self.rank_space}, active_rank={self.active_rank}, group={self.group}"

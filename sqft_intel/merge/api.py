@@ -75,8 +75,20 @@ def merge_(
         raise ConfigError("the model has no sqft adapters to merge.")
     result = MergeResult(method, {m.group: m.active_rank for m in mods.values()},
                          targeted_modules=sorted(mods))
+    from ..quantization.fake_quant import qa_integers
+    from ..quantization.modules import Int4Linear
+
     for fqn, m in mods.items():
         name = f"{fqn}.weight"
+        if m.qa_base is not None:  # QA-SparsePEFT: INT4 merge on the base's own grid
+            result.new_nonzeros[name], result.sparsity[name], result.unmasked_density[name] = \
+                _merge_int4(model, fqn, m, qa_integers)
+            continue
+        if isinstance(m.base, Int4Linear):
+            raise ConfigError(
+                f"`{fqn}` adapts an INT4 base without QA ('sqft' mode): merging would leave the "
+                "INT4 grid; keep those adapters unmerged or train with mode 'qa-sparsepeft'."
+            )
         w = m.base.weight  # (out, in)
         r = m.active_rank
         delta = (m.lora_B[:, :r].float() @ m.lora_A[:r].float()) * m.scaling  # (out, in) fp32
@@ -104,3 +116,26 @@ def merge_(
         m.base.requires_grad_(False)
         replace_module(model, fqn, m.base)
     return result
+
+
+def _merge_int4(model: nn.Module, fqn: str, m, qa_integers) -> tuple[int, float, float]:
+    """q' = clamp(round((W̃ + ΔW⊙M)/σ) + z, 0, 15) with the base's σ, z (SQFT Eq. 5).
+
+    The same fp32 arithmetic as the trained forward (`qa_target`), so q' equals the integers the
+    fake-quant forward used. Returns (new nonzeros, sparsity, unmasked density).
+    """
+    from ..quantization.modules import Int4Linear
+
+    base = m.base
+    target = m.qa_target()
+    if not torch.isfinite(target).all():
+        raise ArtifactError(f"merging `{fqn}` produced non-finite weights; adapters diverged.")
+    q = qa_integers(target, base.scales, base.zeros)
+    merged = Int4Linear.from_quantized(q, base.scales, base.zeros, base.bias)
+    deq = merged.dequantized_weight()
+    keep = m.mask.to(deq.device)
+    unmasked = m.qa_base + (m.lora_B[:, :m.active_rank].float() @ m.lora_A[:m.active_rank].float()
+                            ) * m.scaling
+    replace_module(model, fqn, merged)
+    return (int((deq[~keep] != 0).sum()), float((deq == 0).sum()) / deq.numel(),
+            float((unmasked != 0).sum()) / unmasked.numel())

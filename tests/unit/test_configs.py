@@ -33,7 +33,9 @@ def test_bad_sparsity_config(kwargs, match):
 @pytest.mark.parametrize("kwargs, match", [
     ({"rank_space": ()}, "at least one positive"),
     ({"rank_space": (0, 8)}, "at least one positive"),
-    ({"mode": "qlora"}, "use 'lora' or 'sparsepeft'"),
+    ({"mode": "qlora"}, "use one of"),
+    ({"mode": "qa-sparsepeft", "dropout": 0.1}, "no separate adapter path"),
+    ({"qa_base": "int8"}, "'dequantized' or 'fp'"),
     ({"elastic_modules": ("o_proj",)}, "not in target_modules"),
 ])
 def test_bad_nls_config(kwargs, match):
