@@ -25,10 +25,11 @@ from _common import write_result  # noqa: E402
 import sqft_intel as sq  # noqa: E402
 from sqft_intel.device import set_threads  # noqa: E402
 from sqft_intel.pipeline import calibration_ids  # noqa: E402
-from sqft_intel.quantization.api import _Hessians, quantize_  # noqa: E402
+from sqft_intel.quantization.api import quantize_  # noqa: E402
 from sqft_intel.quantization.config import Int4Config  # noqa: E402
 from sqft_intel.quantization.modules import Int4Linear  # noqa: E402
 from sqft_intel.recipe import build_recipe  # noqa: E402
+from sqft_intel.sparsity.calibrate import input_hessians  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         {"quantize": {"calib_samples": n, "seed": 1}}).quantize)
     targets = {f: m for f, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and f"{f}.weight" in res.masks}
-    hess = _Hessians(targets)
+    hess = input_hessians(targets)
     with torch.no_grad():
         for chunk in held_out.split(8):
             model(input_ids=chunk)
@@ -61,7 +62,7 @@ def main() -> None:
         errs = {}
         for f, mod in m.named_modules():
             if isinstance(mod, Int4Linear):
-                d, H = mod.dequantized_weight() - W[f], hess.H[f]
+                d, H = mod.dequantized_weight() - W[f], hess.sums[f]
                 errs[f] = float(((d @ H) * d).sum().sqrt() / ((W[f] @ H) * W[f]).sum().sqrt())
         rows[method] = {"seconds": seconds, "new_nonzeros": q.metrics()["total_new_nonzeros"],
                         "mean_output_error": statistics.mean(errs.values()),

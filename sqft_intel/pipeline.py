@@ -36,9 +36,20 @@ from .recipe import Recipe
 from .sparsity.api import MASKS_FILE, check_masks_match, load_masks, save_masks, sparsify_
 from .targets import find_targets, matches
 
-STAGES = ("sparsify", "finetune", "select", "merge")
+STAGES = ("sparsify", "quantize", "finetune", "select", "merge")
 _PARENT = {"sparsify": None, "quantize": "sparsify", "finetune": "sparsify", "select": "finetune",
            "merge": "select"}
+
+
+def stages_for(recipe: Recipe) -> tuple[str, ...]:
+    """The chain a recipe runs: `quantize` only when fine-tuning needs the INT4 base."""
+    return tuple(s for s in STAGES if s != "quantize" or recipe.adapters.quantized_base)
+
+
+def parent_of(recipe: Recipe, stage: str) -> str | None:
+    if stage == "finetune" and recipe.adapters.quantized_base:
+        return "quantize"
+    return _PARENT[stage]
 _SECTIONS = {
     "sparsify": ("model", "data", "sparsify"),
     "quantize": ("data", "quantize"),
@@ -67,11 +78,12 @@ def eval_items(recipe: Recipe) -> list[data_mod.MCItem]:
     return data_mod.subsample(items, recipe.eval.items, recipe.eval.seed)
 
 
-def validate(recipe: Recipe, stages: tuple[str, ...] = STAGES) -> None:
+def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
     """Everything checkable without loading weights: model source, targets, N:M shapes, data.
 
     Raises ConfigError/UnsupportedModelError before a single file is written.
     """
+    stages = stages_for(recipe) if stages is None else stages
     if not recipe.data.train_file or not recipe.data.eval_file:
         data_mod.check_task(recipe.data.task)
     config = load_config(recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code)
@@ -86,13 +98,32 @@ def validate(recipe: Recipe, stages: tuple[str, ...] = STAGES) -> None:
                     f"of `{fqn}`; use an m that divides it or drop the layer from target_modules."
                 )
     ft = find_targets(skeleton, recipe.adapters.target_modules, what="finetune.target_modules")
-    if recipe.adapters.mode == "sparsepeft":
+    mode = recipe.adapters.mode
+    if recipe.adapters.masked:
         unsparse = [f for f in ft if not matches(f, recipe.sparsify.target_modules)]
         if unsparse:
             raise ConfigError(
-                f"`finetune.mode`='sparsepeft' adapts {unsparse[:2]}, which sparsify does not "
+                f"`finetune.mode`={mode!r} adapts {unsparse[:2]}, which sparsify does not "
                 "prune (no mask); add their suffixes to `sparsify.target_modules`."
             )
+    if recipe.adapters.quantized_base:
+        unquant = [f for f in ft if not matches(f, recipe.quantize.target_modules)]
+        if unquant:
+            raise ConfigError(
+                f"`finetune.mode`={mode!r} adapts {unquant[:2]}, which quantize leaves in FP; add "
+                "their suffixes to `quantize.target_modules`."
+            )
+    if "merge" in stages and mode == "sqft":
+        raise ConfigError(
+            "`finetune.mode`='sqft' keeps its adapters unmerged on the INT4 base, so `sqft run` "
+            "cannot merge it; use mode 'qa-sparsepeft' for a mergeable INT4 model, or run the "
+            "stages sparsify, quantize, finetune, select one by one."
+        )
+    if mode == "qa-sparsepeft" and recipe.merge.method != "sparsepeft":
+        raise ConfigError(
+            f"`merge.method`={recipe.merge.method!r} with mode 'qa-sparsepeft': the INT4 merge is "
+            "always masked on the base's grid; set `merge.method: sparsepeft`."
+        )
     if "quantize" in stages:
         from .quantization.api import layer_groups
 
@@ -115,7 +146,7 @@ def validate(recipe: Recipe, stages: tuple[str, ...] = STAGES) -> None:
 def fingerprint(recipe: Recipe, stage: str, out: Path) -> str:
     """Hash of the recipe sections a stage depends on and its parent's fingerprint."""
     parts = {s: recipe.raw[s] for s in _SECTIONS[stage]}
-    parent = _PARENT[stage]
+    parent = parent_of(recipe, stage)
     if parent:
         parts["parent"] = load_stage(out / parent, expect=parent).raw.get("fingerprint")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -204,14 +235,31 @@ def run_quantize(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
 
 
 def _base_with_adapters(recipe: Recipe, out: Path):
-    """The sparse base from `out/sparsify` with fresh NLS adapters; returns (model, tok, masks)."""
-    sp = out / "sparsify"
-    load_stage(sp, expect="sparsify", require=(MASKS_FILE, "config.json"))
-    model, tok = load_model(str(sp))
-    masks = load_masks(sp)
+    """The base the adapters train on, with fresh NLS adapters; returns (model, tok, masks).
+
+    FP modes: the sparse model of OUT/sparsify. INT4 modes: the INT4 model of OUT/quantize (its
+    `Int4Linear` layers rebuilt from int4.safetensors), with the FP sparse weights at hand for
+    `qa_base: fp`.
+    """
+    from .quantization.api import INT4_FILE, load_int4_
+
+    stage = parent_of(recipe, "finetune")
+    src = out / stage
+    load_stage(src, expect=stage, require=(MASKS_FILE, "config.json"))
+    model, tok = load_model(str(src))
+    masks = load_masks(src)
     check_masks_match(model, masks)
+    fp_weights = None
+    if stage == "quantize":
+        load_stage(src, require=(INT4_FILE,))
+        if recipe.adapters.qa_base == "fp":
+            from safetensors.torch import load_file
+
+            fp_all = load_file(out / "sparsify" / "model.safetensors")
+            fp_weights = {n: fp_all[n] for n in masks}
+        load_int4_(model, src)
     torch.manual_seed(recipe.train.seed)  # adapter init
-    add_adapters_(model, recipe.adapters, masks=masks)
+    add_adapters_(model, recipe.adapters, masks=masks, fp_weights=fp_weights)
     return model, tok, masks
 
 
@@ -233,7 +281,7 @@ def run_finetune(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
         if (work / "checkpoints").exists():
             shutil.move(str(work / "checkpoints"), tmp / "checkpoints")
         write_stage_json(
-            tmp, stage="finetune", parent="sparsify",
+            tmp, stage="finetune", parent=parent_of(recipe, "finetune"),
             config={"adapters": asdict(recipe.adapters), "train": asdict(recipe.train)},
             metrics={"final_loss": res.log[-1]["loss"] if res.log else None,
                      "seconds": res.seconds,
@@ -279,8 +327,7 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     set_active_ranks_(model, ranks)
     res = merge_(model, masks=masks, method=recipe.merge.method)
     with atomic_dir(out / "merge") as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        save_model_dir(model, tok, tmp)
         save_masks(masks, tmp)
         write_stage_json(tmp, stage="merge", parent="select", config=asdict(recipe.merge),
                          metrics=res.metrics(), targeted_modules=res.targeted_modules,
@@ -289,6 +336,20 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     log(f"merge: {recipe.merge.method}, mean sparsity {m['mean_sparsity']:.2%}, new nonzeros "
         f"{m['total_new_nonzeros']} (an unmasked LoRA merge would be "
         f"{m['mean_unmasked_density']:.2%} dense) -> {out / 'merge'}")
+
+
+def save_model_dir(model, tok, out_dir: Path) -> None:
+    """HF save_pretrained files; for an INT4 model also int4.safetensors (the exact integers),
+    with the HF weights holding their exact dequantization Q(W)."""
+    from .quantization.api import dequantized_copy, int4_modules, save_int4
+
+    if int4_modules(model):
+        save_int4(model, out_dir)
+        with dequantized_copy(model) as plain:
+            plain.save_pretrained(out_dir)
+    else:
+        model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
 
 
 RUNNERS = {"sparsify": run_sparsify, "quantize": run_quantize, "finetune": run_finetune,
@@ -315,11 +376,13 @@ def evaluate_dir(recipe: Recipe, source: str, items, masks) -> dict:
 def run_eval(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
     items = eval_items(recipe)
     masks = load_masks(out / "sparsify")
-    variants = [
-        ("dense", recipe.model.name_or_path),
-        (f"sparse ({recipe.sparsify.target_sparsity:.0%} wanda)", str(out / "sparsify")),
-        (f"sparse + NLS {recipe.adapters.mode}, merged", str(out / "merge")),
-    ]
+    sparse = f"sparse ({recipe.sparsify.target_sparsity:.0%} wanda)"
+    variants = [("dense", recipe.model.name_or_path), (sparse, str(out / "sparsify"))]
+    if recipe.adapters.quantized_base:
+        q = recipe.quantize
+        variants.append((f"{sparse[:-1]}, INT4 {q.method} g{q.group_size})", str(out / "quantize")))
+    int4 = " INT4" if recipe.adapters.mode == "qa-sparsepeft" else ""
+    variants.append((f"sparse + NLS {recipe.adapters.mode}, merged{int4}", str(out / "merge")))
     rows = []
     for name, source in variants:
         log(f"eval: {name} on {len(items)} {recipe.data.task} validation items")
@@ -361,7 +424,7 @@ def run_pipeline(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
     """Validate, then sparsify -> finetune -> select -> merge -> evaluate; returns the summary."""
     validate(recipe)
     t0 = time.perf_counter()
-    for stage in STAGES:
+    for stage in stages_for(recipe):
         RUNNERS[stage](recipe, out, progress=progress)
     summary = run_eval(recipe, out, progress=progress)
     log(f"done in {time.perf_counter() - t0:.0f}s; summary in {out / 'summary.json'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -153,6 +154,22 @@ QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `3e-4` (no dot) as a string; recipes mean a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def _suggest(key: str, allowed) -> str:
     close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.5)
     return f" Did you mean `{close[0]}`?" if close else ""
@@ -191,7 +208,7 @@ def parse_set(assignments: list[str]) -> dict:
         section, dot, name = key.partition(".")
         if not eq or not dot:
             raise ConfigError(f"`--set {a}` must look like section.key=value, e.g. finetune.steps=10.")
-        out.setdefault(section, {})[name] = yaml.safe_load(raw)
+        out.setdefault(section, {})[name] = _yaml(raw)
     return out
 
 
@@ -200,7 +217,7 @@ def load_recipe_file(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe file `{path}` does not exist.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe `{path}` is not valid YAML: {e}") from e
     return raw or {}

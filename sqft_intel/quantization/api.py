@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_stage_json
 from ..errors import ArtifactError, ConfigError
-from ..sparsity.calibrate import block_output, capture_block_inputs
-from ..targets import decoder_blocks, find_targets, replace_module
+from ..sparsity.calibrate import blockwise, input_hessians
+from ..targets import find_targets, replace_module
 from .config import Int4Config
 from .gptq import gptq_quantize
 from .int4 import dequantize, group_params, quantize, resolve_group
@@ -136,25 +136,6 @@ def layer_groups(targets: dict[str, nn.Linear], config: Int4Config) -> dict[str,
     return out
 
 
-class _Hessians:
-    """Forward hooks accumulating H = Σ x xᵀ (in, in) fp32 per layer."""
-
-    def __init__(self, layers: dict[str, nn.Linear]):
-        self.H = {n: torch.zeros(m.in_features, m.in_features) for n, m in layers.items()}
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
-
-    def _hook(self, name: str):
-        def hook(module, args, output):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # (tokens, in)
-            self.H[name] += (x.T @ x).to(self.H[name].device)
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
 @torch.no_grad()
 def quantize_(
     model: nn.Module, config: Int4Config, *, masks: dict[str, Tensor],
@@ -210,24 +191,12 @@ def quantize_(
             finish(fqn, lin, quantize(lin.weight, s, z), s, z)
         return result
 
-    prefix, blocks = decoder_blocks(model)
-    was_training = model.training
-    model.eval()
-    records = capture_block_inputs(model, blocks[0], list(calib.split(batch_size)))
-    for i, block in enumerate(tqdm(blocks, desc="gptq", unit="block", disable=not progress)):
-        layers = {f: m for f, m in targets.items() if f.startswith(f"{prefix}.{i}.")}
-        hess = _Hessians(layers)
-        try:
-            for hidden, kwargs in records:
-                block(hidden, **kwargs)
-        finally:
-            hess.remove()
+    # later blocks calibrate on the quantized outputs of earlier ones (GPTQ's sequential variant)
+    for layers, hess in blockwise(model, targets, calib, stats=input_hessians,
+                                  batch_size=batch_size, desc="gptq", progress=progress):
         for fqn, lin in layers.items():
             name = f"{fqn}.weight"
-            q, s, z = gptq_quantize(lin.weight, hess.H[fqn], masks[name], group=groups[name],
+            q, s, z = gptq_quantize(lin.weight, hess.sums[fqn], masks[name], group=groups[name],
                                     sym=config.sym, damp=config.damp, act_order=config.act_order)
             finish(fqn, lin, q, s, z)
-        # later blocks calibrate on this block's quantized outputs (GPTQ's sequential variant)
-        records = [(block_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in records]
-    model.train(was_training)
     return result

@@ -8,12 +8,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..artifacts import write_stage_json
 from ..errors import ArtifactError, ConfigError
-from ..targets import decoder_blocks, find_targets
-from .calibrate import InputNorms, block_output, capture_block_inputs
+from ..targets import find_targets
+from .calibrate import blockwise, input_norms
 from .config import SparsityConfig
 from .wanda import wanda_mask
 
@@ -113,27 +112,13 @@ def sparsify_(
                     f"`sparsify.nm`={[n, m]}: m={m} does not divide in_features={lin.in_features} "
                     f"of `{fqn}`; use an m that divides it or drop the layer from target_modules."
                 )
-    prefix, blocks = decoder_blocks(model)
-    was_training = model.training
-    model.eval()
-    batches = list(calib.split(batch_size))
-    records = capture_block_inputs(model, blocks[0], batches)
     masks: dict[str, Tensor] = {}
     sparsity: dict[str, float] = {}
-    for i, block in enumerate(tqdm(blocks, desc="wanda", unit="block", disable=not progress)):
-        layers = {f: m for f, m in targets.items() if f.startswith(f"{prefix}.{i}.")}
-        norms = InputNorms(layers)
-        try:
-            for hidden, kwargs in records:
-                block(hidden, **kwargs)
-        finally:
-            norms.remove()
+    for layers, norms in blockwise(model, targets, calib, stats=input_norms,
+                                   batch_size=batch_size, desc="wanda", progress=progress):
         for fqn, lin in layers.items():
             keep = wanda_mask(lin.weight, norms.sums[fqn], sparsity=config.sparsity, nm=config.nm)
             lin.weight.mul_(keep.to(lin.weight.dtype))
             masks[f"{fqn}.weight"] = keep.cpu()
             sparsity[f"{fqn}.weight"] = zero_fraction(lin.weight)
-        # The next block sees this block's *pruned* outputs (Wanda's sequential variant).
-        records = [(block_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in records]
-    model.train(was_training)
     return SparsityResult(config, masks, sparsity, sorted(targets))

@@ -116,3 +116,47 @@ def test_quantize_group_size_error_before_work(tmp_path, tiny_recipe):
     assert proc.returncode == 2
     assert "group_size`=48 does not divide in_features=64 of `model.layers.0" in proc.stderr
     assert not (out / "quantize").exists()
+
+
+def test_qa_sparsepeft_run_merges_into_exact_int4(tmp_path, tiny_recipe):
+    """sparsify -> quantize -> qa-sparsepeft -> select -> INT4 merge, through the CLI."""
+    from sqft_intel.quantization.int4 import unpack
+
+    out = tmp_path / "run"
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress",
+                   "--set", "finetune.mode=qa-sparsepeft", "--set", "quantize.group_size=32",
+                   "--set", "finetune.lr=0.02",  # tiny run: big enough steps to cross a grid step
+                   "--set", "quantize.calib_samples=4", "--set", "quantize.calib_seq_len=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_stage(out / "finetune").parent == "quantize"
+    base = load_file(out / "quantize" / "int4.safetensors")
+    merged = load_file(out / "merge" / "int4.safetensors")
+    masks = load_file(out / "sparsify" / "masks.safetensors")
+    changed = 0
+    for name, keep in masks.items():
+        for part in ("scales", "zeros"):  # the base's grid, untouched
+            assert torch.equal(merged[f"{name}.{part}"], base[f"{name}.{part}"])
+        q = unpack(merged[f"{name}.qweight"])
+        z = merged[f"{name}.zeros"].repeat_interleave(32, dim=1)
+        assert (q[~keep] == z[~keep]).all(), name
+        changed += int((q != unpack(base[f"{name}.qweight"])).sum())
+    assert changed > 0  # the fine-tuned integers differ from the base's
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["variant"] for r in summary["rows"]][2:] == [
+        "sparse (50% wanda, INT4 gptq g32)", "sparse + NLS qa-sparsepeft, merged INT4"]
+    assert summary["merge"]["total_new_nonzeros"] == 0
+    # the HF weights of OUT/merge are the exact dequantization of its integers
+    hf = load_file(out / "merge" / "model.safetensors")
+    from sqft_intel.quantization.int4 import dequantize
+
+    name = next(iter(masks))
+    deq = dequantize(unpack(merged[f"{name}.qweight"]), merged[f"{name}.scales"],
+                     merged[f"{name}.zeros"])
+    assert torch.equal(hf[name], deq)
+
+
+def test_sqft_mode_cannot_be_merged_by_run(tmp_path, tiny_recipe):
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(tmp_path / "o"),
+                   "--set", "finetune.mode=sqft", "--set", "quantize.group_size=32")
+    assert proc.returncode == 2 and "keeps its adapters unmerged" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -35,7 +35,7 @@ def test_wanda_uses_inputs_propagated_through_pruned_blocks(tiny_llama):
     """Block 1's masks come from the activations of the *pruned* block 0 (sequential Wanda)."""
     import copy
 
-    from sqft_intel.sparsity.calibrate import InputNorms
+    from sqft_intel.sparsity.calibrate import input_norms
     from sqft_intel.sparsity.wanda import wanda_mask
 
     ids = calib(300)
@@ -45,7 +45,7 @@ def test_wanda_uses_inputs_propagated_through_pruned_blocks(tiny_llama):
     hybrid.model.layers[0].load_state_dict(tiny_llama.model.layers[0].state_dict())
 
     def block1_q_norms(model):
-        norms = InputNorms({"q": model.model.layers[1].self_attn.q_proj})
+        norms = input_norms({"q": model.model.layers[1].self_attn.q_proj})
         with torch.no_grad():
             for chunk in ids.split(8):
                 model(input_ids=chunk)

@@ -40,3 +40,14 @@ def test_parse_set_reads_yaml_scalars():
 def test_section_must_be_mapping():
     with pytest.raises(ConfigError, match="must be a mapping"):
         build_recipe({"sparsify": 0.5})
+
+
+def test_scientific_notation_without_dot_is_a_float(tmp_path):
+    """Regression: YAML 1.1 read `lr: 3e-4` as the string '3e-4' and the recipe was rejected."""
+    from sqft_intel.recipe import load_recipe_file
+
+    assert parse_set(["finetune.lr=2e-3"]) == {"finetune": {"lr": 0.002}}
+    f = tmp_path / "r.yaml"
+    f.write_text("finetune:\n  lr: 3e-4\n  steps: 10\n")
+    r = build_recipe(load_recipe_file(f))
+    assert r.train.lr == 3e-4 and r.train.steps == 10
