@@ -75,14 +75,13 @@ def merge_(
         raise ConfigError("the model has no sqft adapters to merge.")
     result = MergeResult(method, {m.group: m.active_rank for m in mods.values()},
                          targeted_modules=sorted(mods))
-    from ..quantization.fake_quant import qa_integers
     from ..quantization.modules import Int4Linear
 
     for fqn, m in mods.items():
         name = f"{fqn}.weight"
         if m.qa_base is not None:  # QA-SparsePEFT: INT4 merge on the base's own grid
             result.new_nonzeros[name], result.sparsity[name], result.unmasked_density[name] = \
-                _merge_int4(model, fqn, m, qa_integers)
+                _merge_int4(model, fqn, m)
             continue
         if isinstance(m.base, Int4Linear):
             raise ConfigError(
@@ -118,12 +117,13 @@ def merge_(
     return result
 
 
-def _merge_int4(model: nn.Module, fqn: str, m, qa_integers) -> tuple[int, float, float]:
+def _merge_int4(model: nn.Module, fqn: str, m) -> tuple[int, float, float]:
     """q' = clamp(round((W̃ + ΔW⊙M)/σ) + z, 0, 15) with the base's σ, z (SQFT Eq. 5).
 
     The same fp32 arithmetic as the trained forward (`qa_target`), so q' equals the integers the
     fake-quant forward used. Returns (new nonzeros, sparsity, unmasked density).
     """
+    from ..quantization.fake_quant import qa_integers
     from ..quantization.modules import Int4Linear
 
     base = m.base
