@@ -33,7 +33,14 @@ from .finetune.loop import finetune_
 from .merge.api import merge_
 from .models import load_config, load_model, meta_model
 from .recipe import Recipe
-from .sparsity.api import MASKS_FILE, check_masks_match, load_masks, save_masks, sparsify_
+from .sparsity.api import (
+    MASKS_FILE,
+    check_masks_match,
+    check_nm_fits,
+    load_masks,
+    save_masks,
+    sparsify_,
+)
 from .targets import find_targets, matches
 
 STAGES = ("sparsify", "quantize", "finetune", "select", "merge")
@@ -89,30 +96,15 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
     config = load_config(recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code)
     skeleton = meta_model(config)
     sparse_t = find_targets(skeleton, recipe.sparsify.target_modules, what="sparsify.target_modules")
-    if recipe.sparsify.nm:
-        n, m = recipe.sparsify.nm
-        for fqn, lin in sparse_t.items():
-            if lin.in_features % m:
-                raise ConfigError(
-                    f"`sparsify.nm`={[n, m]}: m={m} does not divide in_features={lin.in_features} "
-                    f"of `{fqn}`; use an m that divides it or drop the layer from target_modules."
-                )
+    check_nm_fits(sparse_t, recipe.sparsify.nm)
     ft = find_targets(skeleton, recipe.adapters.target_modules, what="finetune.target_modules")
     mode = recipe.adapters.mode
     if recipe.adapters.masked:
-        unsparse = [f for f in ft if not matches(f, recipe.sparsify.target_modules)]
-        if unsparse:
-            raise ConfigError(
-                f"`finetune.mode`={mode!r} adapts {unsparse[:2]}, which sparsify does not "
-                "prune (no mask); add their suffixes to `sparsify.target_modules`."
-            )
+        _require_covered(ft, recipe.sparsify.target_modules, f"`finetune.mode`={mode!r} adapts",
+                         "sparsify does not prune (no mask)", "sparsify")
     if recipe.adapters.quantized_base:
-        unquant = [f for f in ft if not matches(f, recipe.quantize.target_modules)]
-        if unquant:
-            raise ConfigError(
-                f"`finetune.mode`={mode!r} adapts {unquant[:2]}, which quantize leaves in FP; add "
-                "their suffixes to `quantize.target_modules`."
-            )
+        _require_covered(ft, recipe.quantize.target_modules, f"`finetune.mode`={mode!r} adapts",
+                         "quantize leaves in FP", "quantize")
     if "merge" in stages and mode == "sqft":
         raise ConfigError(
             "`finetune.mode`='sqft' keeps its adapters unmerged on the INT4 base, so `sqft run` "
@@ -129,17 +121,21 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
 
         qt = find_targets(skeleton, recipe.quantize.target_modules, what="quantize.target_modules")
         layer_groups(qt, recipe.quantize)  # a group size that does not divide a layer fails here
-        unsparse = [f for f in qt if not matches(f, recipe.sparsify.target_modules)]
-        if unsparse:
-            raise ConfigError(
-                f"`quantize.target_modules` include {unsparse[:2]}, which sparsify does not prune "
-                "(no mask to keep); add their suffixes to `sparsify.target_modules`."
-            )
+        _require_covered(qt, recipe.sparsify.target_modules, "`quantize.target_modules` include",
+                         "sparsify does not prune (no mask to keep)", "sparsify")
     if {"sparsify", "quantize", "finetune"} & set(stages):  # they read the train split
         if not train_items(recipe):
             raise ConfigError("the training data is empty; check `data.task` / `data.train_file`.")
     if not eval_items(recipe):
         raise ConfigError("the evaluation data is empty; check `data.eval_file`.")
+
+
+def _require_covered(targets, suffixes: tuple[str, ...], who: str, why: str, section: str) -> None:
+    """Every layer in `targets` must also match `section`'s target_modules."""
+    missing = [f for f in targets if not matches(f, suffixes)]
+    if missing:
+        raise ConfigError(f"{who} {missing[:2]}, which {why}; add their suffixes to "
+                          f"`{section}.target_modules`.")
 
 
 # ---------------------------------------------------------------- stage bookkeeping
@@ -208,6 +204,16 @@ def run_sparsify(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
         f"in {seconds:.1f}s -> {out / 'sparsify'}")
 
 
+def _stage_model(out: Path, stage: str, extra: tuple[str, ...] = ()):
+    """(model, tokenizer, masks) of a model-holding stage directory, checked against each other."""
+    src = out / stage
+    load_stage(src, expect=stage, require=(MASKS_FILE, "config.json", *extra))
+    model, tok = load_model(str(src))
+    masks = load_masks(src)
+    check_masks_match(model, masks)
+    return model, tok, masks
+
+
 def run_quantize(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     """INT4 (rtn or mask-aware gptq) of OUT/sparsify into OUT/quantize; every zero kept."""
     from .quantization.api import quantize_
@@ -215,11 +221,7 @@ def run_quantize(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     fp, fresh = _current(recipe, out, "quantize")
     if fresh:
         return
-    sp = out / "sparsify"
-    load_stage(sp, expect="sparsify", require=(MASKS_FILE, "config.json"))
-    model, tok = load_model(str(sp))
-    masks = load_masks(sp)
-    check_masks_match(model, masks)
+    model, tok, masks = _stage_model(out, "sparsify")
     calib = calibration_ids(recipe, tok, recipe.quantize) if recipe.quantize.method == "gptq" else None
     t0 = time.perf_counter()
     res = quantize_(model, recipe.quantize, masks=masks, calib=calib, progress=progress)
@@ -244,20 +246,15 @@ def _base_with_adapters(recipe: Recipe, out: Path):
     from .quantization.api import INT4_FILE, load_int4_
 
     stage = parent_of(recipe, "finetune")
-    src = out / stage
-    load_stage(src, expect=stage, require=(MASKS_FILE, "config.json"))
-    model, tok = load_model(str(src))
-    masks = load_masks(src)
-    check_masks_match(model, masks)
+    model, tok, masks = _stage_model(out, stage, extra=(INT4_FILE,) if stage == "quantize" else ())
     fp_weights = None
     if stage == "quantize":
-        load_stage(src, require=(INT4_FILE,))
         if recipe.adapters.qa_base == "fp":
             from safetensors.torch import load_file
 
             fp_all = load_file(out / "sparsify" / "model.safetensors")
             fp_weights = {n: fp_all[n] for n in masks}
-        load_int4_(model, src)
+        load_int4_(model, out / stage)
     torch.manual_seed(recipe.train.seed)  # adapter init
     add_adapters_(model, recipe.adapters, masks=masks, fp_weights=fp_weights)
     return model, tok, masks
@@ -327,6 +324,8 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     set_active_ranks_(model, ranks)
     res = merge_(model, masks=masks, method=recipe.merge.method)
     with atomic_dir(out / "merge") as tmp:
+        from .quantization.api import save_model_dir
+
         save_model_dir(model, tok, tmp)
         save_masks(masks, tmp)
         write_stage_json(tmp, stage="merge", parent="select", config=asdict(recipe.merge),
@@ -336,20 +335,6 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     log(f"merge: {recipe.merge.method}, mean sparsity {m['mean_sparsity']:.2%}, new nonzeros "
         f"{m['total_new_nonzeros']} (an unmasked LoRA merge would be "
         f"{m['mean_unmasked_density']:.2%} dense) -> {out / 'merge'}")
-
-
-def save_model_dir(model, tok, out_dir: Path) -> None:
-    """HF save_pretrained files; for an INT4 model also int4.safetensors (the exact integers),
-    with the HF weights holding their exact dequantization Q(W)."""
-    from .quantization.api import dequantized_copy, int4_modules, save_int4
-
-    if int4_modules(model):
-        save_int4(model, out_dir)
-        with dequantized_copy(model) as plain:
-            plain.save_pretrained(out_dir)
-    else:
-        model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
 
 
 RUNNERS = {"sparsify": run_sparsify, "quantize": run_quantize, "finetune": run_finetune,

@@ -50,16 +50,24 @@ class QuantizationResult:
 
     def save(self, out_dir: Path, model: nn.Module, tokenizer=None, **stage_extra) -> None:
         """`int4.safetensors` (qweight/scales/zeros per weight), HF files with Q(W), stage.json."""
-        out_dir = Path(out_dir)
-        save_int4(model, out_dir)
-        with dequantized_copy(model) as plain:
-            plain.save_pretrained(out_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out_dir)
+        save_model_dir(model, tokenizer, Path(out_dir))
         stage_extra.setdefault("parent", None)
         write_stage_json(out_dir, stage="quantize", config=asdict(self.config),
                          metrics=self.metrics(), targeted_modules=self.targeted_modules,
                          **stage_extra)
+
+
+def save_model_dir(model: nn.Module, tokenizer, out_dir: Path) -> None:
+    """HF save_pretrained files; for a model holding `Int4Linear`s also int4.safetensors (the exact
+    integers), with the HF weights holding their exact dequantization Q(W)."""
+    if int4_modules(model):
+        save_int4(model, out_dir)
+        with dequantized_copy(model) as plain:
+            plain.save_pretrained(out_dir)
+    else:
+        model.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
 
 
 def int4_modules(model: nn.Module) -> dict[str, Int4Linear]:

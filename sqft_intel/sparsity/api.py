@@ -86,6 +86,19 @@ def check_masks_match(model: nn.Module, masks: dict[str, Tensor]) -> None:
             )
 
 
+def check_nm_fits(targets: dict[str, nn.Module], nm: tuple[int, int] | None) -> None:
+    """N:M needs m to divide every targeted layer's input channels; name the first that fails."""
+    if not nm:
+        return
+    n, m = nm
+    for fqn, lin in targets.items():
+        if lin.in_features % m:
+            raise ConfigError(
+                f"`sparsify.nm`={[n, m]}: m={m} does not divide in_features={lin.in_features} "
+                f"of `{fqn}`; use an m that divides it or drop the layer from target_modules."
+            )
+
+
 @torch.no_grad()
 def sparsify_(
     model: nn.Module, config: SparsityConfig, *, calib: Tensor, batch_size: int = 8,
@@ -104,14 +117,7 @@ def sparsify_(
         >>> res.save(Path("runs/x/sparsify"), model, tokenizer)               # doctest: +SKIP
     """
     targets = find_targets(model, config.target_modules, what="sparsify.target_modules")
-    if config.nm:
-        n, m = config.nm
-        for fqn, lin in targets.items():
-            if lin.in_features % m:
-                raise ConfigError(
-                    f"`sparsify.nm`={[n, m]}: m={m} does not divide in_features={lin.in_features} "
-                    f"of `{fqn}`; use an m that divides it or drop the layer from target_modules."
-                )
+    check_nm_fits(targets, config.nm)
     masks: dict[str, Tensor] = {}
     sparsity: dict[str, float] = {}
     for layers, norms in blockwise(model, targets, calib, stats=input_norms,
