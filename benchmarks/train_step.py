@@ -31,9 +31,20 @@ CONFIGS = {
     # with adapter dropout SparsePEFT needs the straightforward two-matmul path
     "sqft-sparsepeft-dropout-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.05),
     "sqft-sparsepeft-fp32": ("sqft", "sparsepeft", False, (32, 24, 16), 0.0),
+    # on an INT4 (RTN g64) base: fake quantization on the base's grid every forward
+    "sqft-qa-sparsepeft-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0),
 }
 BASELINE = "peft-lora-bf16"
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+
+
+def _int4(lin):
+    """RTN INT4 (asym, group 64) of a Linear: the QA base (step cost does not depend on GPTQ)."""
+    from sqft_intel.quantization.int4 import group_params, quantize
+    from sqft_intel.quantization.modules import Int4Linear
+
+    s, z = group_params(lin.weight, 64, sym=False)
+    return Int4Linear.from_quantized(quantize(lin.weight, s, z), s, z, lin.bias)
 
 
 def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
@@ -43,6 +54,7 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
     from sqft_intel.device import set_threads
     from sqft_intel.lm_head import answer_loss
     from sqft_intel.sparsity.wanda import row_mask
+    from sqft_intel.targets import replace_module
 
     set_threads()
     impl, mode, bf16, ranks, dropout = CONFIGS[name]
@@ -58,11 +70,13 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
     else:
         masks = {}
         with torch.no_grad():  # a 50 % magnitude mask: the step cost does not depend on which
-            for fqn, mod in model.named_modules():
-                if isinstance(mod, torch.nn.Linear) and fqn.rsplit(".", 1)[-1] in TARGETS:
+            for fqn, mod in list(model.named_modules()):
+                if type(mod) is torch.nn.Linear and fqn.rsplit(".", 1)[-1] in TARGETS:
                     keep = row_mask(mod.weight.abs(), 0.5)
                     mod.weight.mul_(keep)
                     masks[f"{fqn}.weight"] = keep
+                    if mode == "qa-sparsepeft":
+                        replace_module(model, fqn, _int4(mod))
         sq.add_adapters_(model, sq.NLSConfig(mode=mode, rank_space=ranks, alpha=64.0,
                                              dropout=dropout, target_modules=TARGETS,
                                              elastic_modules=("q_proj", "k_proj", "v_proj")),
@@ -100,6 +114,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                    help="a subset (the baseline is always included); results go to "
+                    "train_step_<first non-baseline config>.json")
     args = ap.parse_args()
     if args.quick:
         args.batch, args.seq, args.rounds, args.steps = 2, 128, 1, 2
@@ -108,9 +125,11 @@ def main() -> None:
         return
     from _common import write_result
 
-    runs: dict[str, list[dict]] = {n: [] for n in CONFIGS}
+    names = [BASELINE] + [n for n in args.configs if n != BASELINE]
+    subset = len(names) < len(CONFIGS)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
-        for name in CONFIGS:  # interleaved: every config once per round
+        for name in names:  # interleaved: every config once per round
             cmd = [sys.executable, __file__, "--child", name, "--batch", str(args.batch),
                    "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -131,7 +150,8 @@ def main() -> None:
         r["rss_ratio_to_baseline"] = r["peak_rss_mb"] / base["peak_rss_mb"]
         print(f"{r['config']:>22} {r['step_seconds_median']:>8.2f} {r['ratio_to_baseline']:>20.2f} "
               f"{r['peak_rss_mb']:>12.0f}")
-    path = write_result("train_step_quick" if args.quick else "train_step", {
+    stem = f"train_step_{names[1]}" if subset else "train_step"
+    path = write_result(f"{stem}_quick" if args.quick else stem, {
         "model": "smollm2-135m", "batch": args.batch, "seq": args.seq, "rank": 32,
         "targets": list(TARGETS), "rounds": args.rounds, "steps_per_round": args.steps,
         "baseline": BASELINE, "rows": rows})

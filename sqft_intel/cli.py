@@ -43,9 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
         ("finetune", "train NLS adapters on OUT/sparsify into OUT/finetune (resumes)"),
         ("select", "pick a sub-adapter of OUT/finetune into OUT/select"),
         ("merge", "fold the selected sub-adapter into the sparse weights: OUT/merge"),
+        ("export", "OpenVINO IR of OUT/merge (exact INT4, FP16 or sparse INT8) into OUT/openvino"),
         ("eval", "accuracy of dense, sparse and merged models; writes OUT/summary.json"),
     ]:
         _common(sub.add_parser(stage, help=text, description=text), out_required=True)
+    verify = sub.add_parser(
+        "verify", help="check an export against its merge stage (sparsity, INT4 bits, logits)",
+        description="Re-read DIR/openvino and compare it with DIR/merge: zeros where the masks say "
+        "pruned, INT4 integers/scales/zero points bit for bit, OpenVINO vs torch logits and greedy "
+        "tokens. Prints a table; exits 1 on any mismatch.")
+    verify.add_argument("dir", type=Path, help="run directory (holding openvino/ and merge/) or an "
+                        "export directory")
+    verify.add_argument("--merge", type=Path, default=None, help="merge stage (default: DIR/merge)")
+    for name, text in [("generate", "generate text from an export with OpenVINO GenAI (streams)"),
+                       ("chat", "chat with an export in the terminal (OpenVINO GenAI, streams)")]:
+        g = sub.add_parser(name, help=text, description=text)
+        g.add_argument("dir", type=Path, help="export directory, or a run directory holding openvino/")
+        if name == "generate":
+            g.add_argument("prompt", help="the prompt text")
+        g.add_argument("--max-new-tokens", type=int, default=128)
+        g.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, ... (default CPU)")
     show = sub.add_parser("recipe", help="print the default recipe (or the merged one) as YAML")
     show.add_argument("--recipe", type=Path, help=_RECIPE_HELP)
     show.add_argument("--quick", action="store_true", help="show the --quick schedule")
@@ -70,9 +87,35 @@ def _default_out(recipe) -> Path:
     return Path("runs") / f"{name}-{recipe.data.task}"
 
 
+def _export_dir(path: Path) -> Path:
+    return path / "openvino" if (path / "openvino").is_dir() else path
+
+
+def _run_export_tool(args) -> int:
+    from .export import api
+
+    if args.command == "verify":
+        export = _export_dir(args.dir)
+        merge = args.merge or (export.parent / "merge")
+        report = api.verify_export(export, merge)
+        print(report.table())
+        return 0 if report.ok else 1
+    stream = lambda piece: print(piece, end="", flush=True)  # noqa: E731
+    export = _export_dir(args.dir)
+    if args.command == "generate":
+        api.generate(export, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device,
+                     stream=stream)
+        print()
+        return 0
+    api.chat(export, max_new_tokens=args.max_new_tokens, device=args.device, stream=stream)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("verify", "generate", "chat"):
+            return _run_export_tool(args)
         recipe = _recipe(args)
         if args.command == "recipe":
             from .recipe import recipe_yaml

@@ -27,7 +27,7 @@ from .adapters.api import (
 )
 from .artifacts import atomic_dir, load_stage, write_stage_json
 from .device import resolve_device, resolve_precision
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError
 from .evaluation.scoring import score_mc
 from .finetune.loop import finetune_
 from .merge.api import merge_
@@ -43,14 +43,25 @@ from .sparsity.api import (
 )
 from .targets import find_targets, matches
 
-STAGES = ("sparsify", "quantize", "finetune", "select", "merge")
+STAGES = ("sparsify", "quantize", "finetune", "select", "merge", "export")
 _PARENT = {"sparsify": None, "quantize": "sparsify", "finetune": "sparsify", "select": "finetune",
-           "merge": "select"}
+           "merge": "select", "export": "merge"}
+_DIRS = {"export": "openvino"}  # the stage's directory under OUT, when not its own name
+
+
+def stage_dir(out: Path, stage: str) -> Path:
+    return Path(out) / _DIRS.get(stage, stage)
 
 
 def stages_for(recipe: Recipe) -> tuple[str, ...]:
-    """The chain a recipe runs: `quantize` only when fine-tuning needs the INT4 base."""
-    return tuple(s for s in STAGES if s != "quantize" or recipe.adapters.quantized_base)
+    """The chain a recipe runs: `quantize` only when fine-tuning needs the INT4 base, `export`
+    unless turned off."""
+    skip = set()
+    if not recipe.adapters.quantized_base:
+        skip.add("quantize")
+    if not recipe.export.enabled:
+        skip.add("export")
+    return tuple(s for s in STAGES if s not in skip)
 
 
 def parent_of(recipe: Recipe, stage: str) -> str | None:
@@ -63,6 +74,7 @@ _SECTIONS = {
     "finetune": ("data", "finetune"),
     "select": ("select",),
     "merge": ("merge",),
+    "export": ("export",),
 }
 
 
@@ -116,6 +128,8 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
             f"`merge.method`={recipe.merge.method!r} with mode 'qa-sparsepeft': the INT4 merge is "
             "always masked on the base's grid; set `merge.method: sparsepeft`."
         )
+    if "export" in stages:
+        _require_openvino()
     if "quantize" in stages:
         from .quantization.api import layer_groups
 
@@ -128,6 +142,16 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
             raise ConfigError("the training data is empty; check `data.task` / `data.train_file`.")
     if not eval_items(recipe):
         raise ConfigError("the evaluation data is empty; check `data.eval_file`.")
+
+
+def _require_openvino() -> None:
+    import importlib.util
+
+    missing = [m for m in ("openvino", "nncf", "optimum.intel", "openvino_genai", "openvino_tokenizers")
+               if importlib.util.find_spec(m.split(".")[0]) is None]
+    if missing:
+        raise ConfigError(f"the export stage needs {missing}: install `sqft-intel[openvino]` (the "
+                          "README's set-up does), or set `export.enabled: false`.")
 
 
 def _require_covered(targets, suffixes: tuple[str, ...], who: str, why: str, section: str) -> None:
@@ -144,13 +168,13 @@ def fingerprint(recipe: Recipe, stage: str, out: Path) -> str:
     parts = {s: recipe.raw[s] for s in _SECTIONS[stage]}
     parent = parent_of(recipe, stage)
     if parent:
-        parts["parent"] = load_stage(out / parent, expect=parent).raw.get("fingerprint")
+        parts["parent"] = load_stage(stage_dir(out, parent), expect=parent).raw.get("fingerprint")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def up_to_date(out: Path, stage: str, fp: str) -> bool:
     try:
-        return load_stage(out / stage, expect=stage).raw.get("fingerprint") == fp
+        return load_stage(stage_dir(out, stage), expect=stage).raw.get("fingerprint") == fp
     except Exception:  # absent, incomplete or foreign: recompute
         return False
 
@@ -160,7 +184,7 @@ def _current(recipe: Recipe, out: Path, stage: str) -> tuple[str, bool]:
     fp = fingerprint(recipe, stage, out)
     fresh = up_to_date(out, stage, fp)
     if fresh:
-        log(f"{stage}: up to date in {out / stage}")
+        log(f"{stage}: up to date in {stage_dir(out, stage)}")
     return fp, fresh
 
 
@@ -194,6 +218,8 @@ def run_sparsify(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     model, tok = load_model(recipe.model.name_or_path,
                             trust_remote_code=recipe.model.trust_remote_code)
     calib = calibration_ids(recipe, tok)
+    if recipe.adapters.quantized_base and recipe.quantize.method == "gptq":
+        calibration_ids(recipe, tok, recipe.quantize)  # enough text for GPTQ too, before any work
     t0 = time.perf_counter()
     res = sparsify_(model, recipe.sparsify, calib=calib, progress=progress)
     seconds = time.perf_counter() - t0
@@ -337,8 +363,33 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
         f"{m['mean_unmasked_density']:.2%} dense) -> {out / 'merge'}")
 
 
+def run_export(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
+    """OUT/merge -> OUT/openvino: exact INT4 (or FP16 / sparse INT8) IR, tokenizer IR, masks."""
+    from .export.api import export_
+
+    fp, fresh = _current(recipe, out, "export")
+    if fresh:
+        return
+    t0 = time.perf_counter()
+    fmt = export_(out / "merge", stage_dir(out, "export"), recipe.export, fingerprint=fp)
+    log(f"export: {fmt} OpenVINO IR in {time.perf_counter() - t0:.0f}s -> {stage_dir(out, 'export')}")
+
+
+def run_verify(recipe: Recipe, out: Path, *, progress: bool = True) -> bool:
+    """`sqft verify` on OUT/openvino; writes OUT/openvino/verify.json; True when it passed."""
+    from .export.api import verify_export
+
+    export = stage_dir(out, "export")
+    report = verify_export(export, out / "merge")
+    print(report.table(), flush=True)
+    tmp = export / "verify.json.tmp"
+    tmp.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    tmp.replace(export / "verify.json")
+    return report.ok
+
+
 RUNNERS = {"sparsify": run_sparsify, "quantize": run_quantize, "finetune": run_finetune,
-           "select": run_select, "merge": run_merge}
+           "select": run_select, "merge": run_merge, "export": run_export}
 
 
 # ---------------------------------------------------------------- evaluation and summary
@@ -412,5 +463,17 @@ def run_pipeline(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
     for stage in stages_for(recipe):
         RUNNERS[stage](recipe, out, progress=progress)
     summary = run_eval(recipe, out, progress=progress)
+    if "export" in stages_for(recipe):
+        if not run_verify(recipe, out):
+            raise ArtifactError(f"the export in {stage_dir(out, 'export')} failed verification "
+                                "(table above).")
+        from .export.api import generate
+
+        prompt = recipe.export.verify_prompts[0]
+        log(f"generate (OpenVINO GenAI, {stage_dir(out, 'export')}): {prompt!r}")
+        print(prompt, end="", flush=True)
+        generate(stage_dir(out, "export"), prompt, max_new_tokens=recipe.export.max_new_tokens,
+                 stream=lambda piece: print(piece, end="", flush=True))
+        print(flush=True)
     log(f"done in {time.perf_counter() - t0:.0f}s; summary in {out / 'summary.json'}")
     return summary

@@ -18,6 +18,7 @@ import yaml
 
 from .adapters.config import NLSConfig
 from .errors import ConfigError
+from .export.config import ExportConfig
 from .finetune.config import TrainConfig
 from .quantization.config import Int4Config
 from .sparsity.config import SparsityConfig
@@ -122,6 +123,7 @@ SECTIONS: dict[str, tuple[type, ...]] = {
     "select": (SelectConfig,),
     "merge": (MergeConfig,),
     "eval": (EvalConfig,),
+    "export": (ExportConfig,),
 }
 
 
@@ -236,6 +238,7 @@ class Recipe:
     select: SelectConfig
     merge: MergeConfig
     eval: EvalConfig
+    export: ExportConfig
     raw: dict
 
     def section(self, name: str) -> dict:
@@ -260,16 +263,21 @@ def build_recipe(*layers: dict | tuple[str, dict]) -> Recipe:
     for layer in layers:
         where, values = layer if isinstance(layer, tuple) else ("recipe", layer)
         raw = merge_recipe(raw, values, where=where)
+    adapters = _build(NLSConfig, raw["finetune"])
+    train = _build(TrainConfig, raw["finetune"])
+    if train.lr is None:
+        train = dataclasses.replace(train, lr=adapters.default_lr)
     return Recipe(
         model=_build(ModelConfig, raw["model"]),
         data=_build(DataConfig, raw["data"]),
         sparsify=_build(SparsityConfig, raw["sparsify"]),
         quantize=_build(Int4Config, raw["quantize"]),
-        adapters=_build(NLSConfig, raw["finetune"]),
-        train=_build(TrainConfig, raw["finetune"]),
+        adapters=adapters,
+        train=train,
         select=_build(SelectConfig, raw["select"]),
         merge=_build(MergeConfig, raw["merge"]),
         eval=_build(EvalConfig, raw["eval"]),
+        export=_build(ExportConfig, raw["export"]),
         raw=raw,
     )
 

@@ -45,6 +45,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
+    return build_tiny_tokenizer()
+
+
+def build_tiny_tokenizer():
     """A byte-level BPE trained on the fixture vocabulary: a real fast tokenizer, built offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -93,18 +97,24 @@ def tiny_task(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_model_dir, tiny_task) -> Path:
-    """A recipe running every stage on the tiny model in seconds."""
+    return write_tiny_recipe(tmp_path, tiny_model_dir, *tiny_task)
+
+
+def write_tiny_recipe(folder: Path, model_dir: Path, train: Path, val: Path) -> Path:
+    """A recipe running every stage on the tiny model in seconds (FP SparsePEFT: the INT4 chain,
+    the default, is run by tests that set `finetune.mode=qa-sparsepeft`)."""
     import yaml
 
-    train, val = tiny_task
     recipe = {
-        "model": {"name_or_path": str(tiny_model_dir)},
+        "model": {"name_or_path": str(model_dir)},
         "data": {"train_file": str(train), "eval_file": str(val)},
         "sparsify": {"calib_samples": 4, "calib_seq_len": 32},
-        "finetune": {"steps": 4, "batch_size": 4, "rank_space": [8, 6, 4], "alpha": 16,
-                     "checkpoint_every": 2, "max_length": 64, "precision": "fp32"},
+        "quantize": {"calib_samples": 4, "calib_seq_len": 32},
+        "finetune": {"mode": "sparsepeft", "steps": 4, "batch_size": 4, "rank_space": [8, 6, 4],
+                     "alpha": 16, "checkpoint_every": 2, "max_length": 64, "precision": "fp32"},
+        "export": {"enabled": False},  # tests/integration/test_export.py turns it on
     }
-    path = tmp_path / "recipe.yaml"
+    path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
 

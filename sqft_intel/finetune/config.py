@@ -16,7 +16,8 @@ class TrainConfig:
         steps: optimizer steps; one sub-adapter (rank per group) is sampled per step.
         batch_size: examples per micro-batch.
         grad_accum: micro-batches per optimizer step (all with the same sampled ranks).
-        lr: peak AdamW learning rate (linear warm-up, then linear decay to 10 %).
+        lr: peak AdamW learning rate (linear warm-up, then linear decay to 10 %). None: the
+            adapter mode's default (`NLSConfig.default_lr`: 3e-4, or 2e-3 for qa-sparsepeft).
         warmup_steps: steps of linear warm-up.
         weight_decay: AdamW weight decay on the adapters.
         max_length: tokens per example; longer prompts are cut from the left.
@@ -32,7 +33,7 @@ class TrainConfig:
     steps: int = 150
     batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 3e-4
+    lr: float | None = None
     warmup_steps: int = 10
     weight_decay: float = 0.0
     max_length: int = 128
@@ -53,8 +54,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"`finetune.{name}` must be an int >= 0, got {v!r}.")
-        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
-            raise ConfigError(f"`finetune.lr`={self.lr!r} must be in (0, 1); try 3e-4.")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not 0 < self.lr < 1):
+            raise ConfigError(f"`finetune.lr`={self.lr!r} must be null or in (0, 1); try 3e-4.")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"`finetune.precision`={self.precision!r}; use auto, bf16 or fp32.")
         if self.train_items is not None and (not isinstance(self.train_items, int)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..adapters.api import adapter_modules, rank_groups, sample_ranks_
+from ..adapters.config import NLSConfig
 from ..data import MCItem
 from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError
@@ -121,6 +122,9 @@ def finetune_(
     epochs: dict[int, list[list[int]]] = {}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
+    if config.lr is None:  # the mode's default, as a recipe would resolve it
+        qa = any(m.qa_base is not None for m in mods.values())
+        config = replace(config, lr=NLSConfig(mode="qa-sparsepeft" if qa else "sparsepeft").default_lr)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     rank_gen = torch.Generator().manual_seed(config.seed)

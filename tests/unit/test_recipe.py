@@ -51,3 +51,22 @@ def test_scientific_notation_without_dot_is_a_float(tmp_path):
     f.write_text("finetune:\n  lr: 3e-4\n  steps: 10\n")
     r = build_recipe(load_recipe_file(f))
     assert r.train.lr == 3e-4 and r.train.steps == 10
+
+
+def test_default_chain_is_int4_qa_sparsepeft():
+    """The default recipe: 50 % Wanda -> GPTQ asym g64 -> QA-SparsePEFT -> heuristic -> INT4 merge
+    -> exact INT4 OpenVINO export."""
+    from sqft_intel.pipeline import stages_for
+
+    r = build_recipe()
+    assert stages_for(r) == ("sparsify", "quantize", "finetune", "select", "merge", "export")
+    assert r.export.format == "auto" and r.export.other_layers == "int8"
+    assert (r.sparsify.target_sparsity, r.quantize.method, r.quantize.group_size, r.quantize.sym) == (
+        0.5, "gptq", 64, False)
+    assert r.adapters.mode == "qa-sparsepeft" and r.select.strategy == "heuristic"
+    assert r.train.lr == 2e-3 and r.raw["finetune"]["lr"] is None  # the mode's default lr
+
+
+def test_lr_default_follows_the_mode_unless_given():
+    assert build_recipe({"finetune": {"mode": "sparsepeft"}}).train.lr == 3e-4
+    assert build_recipe({"finetune": {"mode": "sparsepeft", "lr": 1e-3}}).train.lr == 1e-3

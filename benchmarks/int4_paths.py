@@ -1,0 +1,170 @@
+"""Accuracy of the ways to an INT4 sparse fine-tuned model, on one sparse base and one schedule.
+
+Rows (ARC-Easy validation, zero-shot log-likelihood; every row from the same 50 % Wanda model):
+- `sparsepeft-fp-merged`: SparsePEFT, merged in FP (sparse, not INT4);
+- `qa-sparsepeft-int4-merged`: QA-SparsePEFT on the GPTQ INT4 base, INT4 merge (the default run);
+- `naive-fp-merge-then-rtn`: the FP merge above, re-quantized with fresh RTN scales (INT4, asym,
+  g64): what you get without QA;
+- `nncf-fq-lora`: NNCF's `FQ_LORA` (fake quantization of W + B·A with trainable ranges, rank 32)
+  trained with the same data, loss, batch and steps; its effective weights Q(W + BA) lose the
+  sparsity (counted here).
+
+Usage: python benchmarks/int4_paths.py --run runs/smollm2-135m-arc_easy [--steps 150] [--items N]
+  --run: a finished default `sqft run` (sparsify, quantize, and a qa-sparsepeft merge).
+Writes benchmarks/results/int4_paths.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from _common import write_result  # noqa: E402
+
+import sqft_intel as sq  # noqa: E402
+from sqft_intel import pipeline  # noqa: E402
+from sqft_intel.device import set_threads  # noqa: E402
+from sqft_intel.recipe import build_recipe  # noqa: E402
+
+
+def evaluate(model, tok, items, masks, fake_quant_weights=None) -> dict:
+    """acc/acc_norm (fp32) and, over the masked layers, sparsity and new nonzeros."""
+    weights = fake_quant_weights or {n: p for n, p in model.named_parameters() if n in masks}
+    zeros = sum(int((weights[n] == 0).sum()) for n in masks)
+    total = sum(weights[n].numel() for n in masks)
+    new = sum(int((weights[n][~masks[n]] != 0).sum()) for n in masks)
+    t0 = time.perf_counter()
+    s = sq.score_mc(model, tok, items, batch_size=8, progress=False)
+    return {"acc": s.acc, "acc_norm": s.acc_norm, "n": s.n, "sparsity": zeros / total,
+            "new_nonzeros": new, "eval_seconds": time.perf_counter() - t0}
+
+
+def fp_sparsepeft(run: Path, work: Path, recipe) -> Path:
+    """The FP SparsePEFT chain on RUN's sparse model; returns its merge directory."""
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "sparsify").exists():
+        shutil.copytree(run / "sparsify", work / "sparsify")
+    for stage in ("finetune", "select", "merge"):
+        pipeline.RUNNERS[stage](recipe, work, progress=False)
+    return work / "merge"
+
+
+def naive_rtn(merge_dir: Path, masks):
+    from sqft_intel.quantization.api import quantize_
+    from sqft_intel.quantization.config import Int4Config
+
+    model, tok = sq.load_model(str(merge_dir))
+    quantize_(model, Int4Config(method="rtn"), masks=masks, progress=False)
+    return model, tok
+
+
+def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
+    """NNCF FQ_LORA on the sparse FP model, trained like our adapters; returns (model, tok, Q(W+BA))."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    from sqft_intel.data import load_train_items
+    from sqft_intel.device import autocast
+    from sqft_intel.finetune.loop import build_examples, collate, epoch_batches
+    from sqft_intel.lm_head import answer_loss
+
+    model, tok = sq.load_model(str(run / "sparsify"))
+    example = dict(tok("The capital of France is", return_tensors="pt", return_token_type_ids=False))
+    model = nncf.compress_weights(
+        model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=64, ratio=1.0,
+        dataset=nncf.Dataset([example]), compression_format=nncf.CompressionFormat.FQ_LORA,
+        advanced_parameters=AdvancedCompressionParameters(lora_adapter_rank=recipe.adapters.max_rank))
+    model.requires_grad_(False)
+    hooks = {k: h["0"] for k, h in get_hook_storage(model).post_hooks.items()}
+    for h in hooks.values():
+        if hasattr(h, "enable_gradients"):
+            h.enable_gradients()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    cfg = recipe.train
+    examples = build_examples(tok, load_train_items(recipe.data.task), cfg.max_length)
+    batches = epoch_batches([len(e[0]) for e in examples], cfg.batch_size, cfg.seed, 0)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = batches[step % len(batches)]
+        with autocast(torch.device("cpu"), torch.bfloat16):
+            loss = answer_loss(model, **collate([examples[i] for i in idx], tok.pad_token_id))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():  # the weights the trained model computes with: Q(W + B·A)
+        eff = {}
+        for key, h in hooks.items():
+            name = key.removesuffix("__0").replace(":", ".")
+            eff[name] = h(model.get_submodule(name.removesuffix(".weight")).weight).float()
+    return model, tok, eff, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a finished default `sqft run` directory")
+    ap.add_argument("--work", type=Path, default=None, help="scratch dir (default RUN/../int4-paths)")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--items", type=int, default=None, help="validation items (default all)")
+    ap.add_argument("--nncf-lr", type=float, default=5e-4)
+    args = ap.parse_args()
+    set_threads()
+    run = args.run
+    work = args.work or run.parent / "int4-paths"
+    summary = json.loads((run / "summary.json").read_text())
+    recipe = build_recipe(summary["recipe"], {"finetune": {"mode": "sparsepeft", "lr": None,
+                                                            "steps": args.steps},
+                                              "eval": {"items": args.items}})
+    items = pipeline.eval_items(recipe)
+    masks = sq.load_masks(run / "sparsify")
+    rows = {}
+
+    model, tok = sq.load_model(str(run / "merge"))
+    rows["qa-sparsepeft-int4-merged"] = evaluate(model, tok, items, masks)
+    print("qa", rows["qa-sparsepeft-int4-merged"], flush=True)
+
+    fp_merge = fp_sparsepeft(run, work, recipe)
+    model, tok = sq.load_model(str(fp_merge))
+    rows["sparsepeft-fp-merged"] = evaluate(model, tok, items, masks)
+    print("fp", rows["sparsepeft-fp-merged"], flush=True)
+
+    model, tok = naive_rtn(fp_merge, masks)
+    with torch.no_grad():
+        eff = {f"{f}.weight": m.dequantized_weight() for f, m in model.named_modules()
+               if hasattr(m, "dequantized_weight")}
+    rows["naive-fp-merge-then-rtn"] = evaluate(model, tok, items, masks, eff)
+    print("naive", rows["naive-fp-merge-then-rtn"], flush=True)
+
+    model, tok, eff, seconds = nncf_fq_lora(run, recipe, args.steps, args.nncf_lr)
+    rows["nncf-fq-lora"] = {**evaluate(model, tok, items, masks, eff), "train_seconds": seconds,
+                            "lr": args.nncf_lr}
+    print("nncf", rows["nncf-fq-lora"], flush=True)
+
+    print(f"\n{'path':<28} {'precision':<10} {'sparsity':>9} {'new nonzeros':>13} {'acc':>7} "
+          f"{'acc_norm':>9}")
+    prec = {"sparsepeft-fp-merged": "fp32", "qa-sparsepeft-int4-merged": "INT4",
+            "naive-fp-merge-then-rtn": "INT4", "nncf-fq-lora": "INT4 (FQ)"}
+    for name, r in rows.items():
+        r["precision"] = prec[name]
+        print(f"{name:<28} {prec[name]:<10} {r['sparsity']:>9.1%} {r['new_nonzeros']:>13} "
+              f"{r['acc']:>7.1%} {r['acc_norm']:>9.1%}")
+    path = write_result("int4_paths", {
+        "command": "python benchmarks/int4_paths.py " + " ".join(sys.argv[1:]),
+        "task": recipe.data.task, "items": len(items), "steps": args.steps,
+        "base": "50% Wanda SmolLM2-135M; INT4 asym g64", "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""OpenVINO export of merged tiny models: exact INT4 / FP16 IR, `sqft verify`, GenAI generation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sqft_intel import ConfigError, load_stage
+from tests.conftest import run_cli, write_tiny_recipe
+
+pytest.importorskip("openvino")  # the `openvino` extra: installed by the README's set-up
+
+QA = ["--set", "finetune.mode=qa-sparsepeft", "--set", "quantize.group_size=32",
+      "--set", "finetune.lr=0.02", "--set", "eval.items=4", "--set", "export.enabled=true"]
+
+
+@pytest.fixture(scope="module")
+def int4_run(tmp_path_factory, tiny_model_dir, tiny_task):
+    """sparsify -> quantize -> QA-SparsePEFT -> INT4 merge -> exact INT4 export, through the CLI."""
+    tmp = tmp_path_factory.mktemp("export-int4")
+    recipe = write_tiny_recipe(tmp, tiny_model_dir, *tiny_task)
+    out = tmp / "run"
+    proc = run_cli("run", "--recipe", str(recipe), "--out", str(out), "--no-progress", *QA)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, recipe, proc
+
+
+def test_run_ends_with_a_verified_exact_int4_export(int4_run):
+    out, _, proc = int4_run
+    export = out / "openvino"
+    for f in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml",
+              "openvino_detokenizer.xml", "config.json", "masks.safetensors", "stage.json",
+              "verify.json"):
+        assert (export / f).is_file(), f
+    rec = load_stage(export, expect="export")
+    assert rec.parent == "merge" and rec.config["format"] == "int4"
+    report = json.loads((export / "verify.json").read_text())
+    n = len(load_file(out / "merge" / "masks.safetensors"))
+    assert report["ok"] and report["int4_checked"] == n == 14 and report["new_nonzeros"] == 0
+    assert report["max_abs_logit_diff"] <= 2e-3 and report["greedy_match"]
+    assert "verify: PASS" in proc.stdout and "generate (OpenVINO GenAI" in proc.stdout
+
+
+def test_ir_holds_the_merge_integers_bit_for_bit(int4_run):
+    """Independent of `verify`: the IR's u4 constants, read with OpenVINO, are the merge's."""
+    from sqft_intel.export.api import read_int4
+    from sqft_intel.export.ir_weights import read_ir_weights
+
+    out, _, _ = int4_run
+    ir = read_ir_weights(out / "openvino" / "openvino_model.xml")
+    merged = read_int4(out / "merge")
+    base = read_int4(out / "quantize")
+    assert any(not torch.equal(merged[f][0], base[f][0]) for f in merged)  # training moved integers
+    for fqn, (q, s, z) in merged.items():
+        w = ir[fqn]
+        assert w.kind == "u4" and np.array_equal(w.q, q.numpy()), fqn
+        assert np.array_equal(w.scales.view(np.uint16), s.numpy().view(np.uint16)), fqn
+        assert np.array_equal(w.zeros, z.numpy()), fqn
+    assert ir["lm_head"].kind == "u8"  # other_layers: int8 by default
+
+
+def test_verify_fails_on_a_tampered_merge(int4_run, tmp_path):
+    """Change one merged integer (and, separately, one mask bit): verify exits 1 naming the check."""
+    import shutil
+
+    out, _, _ = int4_run
+    for what in ("int4", "mask"):
+        run = tmp_path / what
+        shutil.copytree(out / "merge", run / "merge")
+        shutil.copytree(out / "openvino", run / "openvino")
+        if what == "int4":
+            t = load_file(run / "merge" / "int4.safetensors")
+            key = next(k for k in t if k.endswith("qweight"))
+            t[key][0, 0] ^= 0x01
+            save_file(t, run / "merge" / "int4.safetensors")
+        else:
+            m = load_file(run / "merge" / "masks.safetensors")
+            key = next(iter(m))
+            m[key][0] = False  # claims the whole first row pruned: the IR has nonzeros there
+            save_file(m, run / "merge" / "masks.safetensors")
+        proc = run_cli("verify", str(run))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        line = "INT4 integers/scales/zeros exact  MISMATCH" if what == "int4" else \
+            "sparsity kept (no new nonzero)    MISMATCH"
+        assert line in proc.stdout and "verify: FAIL" in proc.stdout
+
+
+def test_openvino_genai_and_optimum_load_the_export(int4_run):
+    import openvino_genai as ov_genai
+    from optimum.intel import OVModelForCausalLM
+
+    from sqft_intel.export.api import generate
+
+    out, _, _ = int4_run
+    pieces = []
+    text = generate(out / "openvino", "Question: the sun", max_new_tokens=6, stream=pieces.append)
+    assert isinstance(text, str) and "".join(pieces) == text
+    assert ov_genai.LLMPipeline(str(out / "openvino"), "CPU") is not None
+    ov_model = OVModelForCausalLM.from_pretrained(str(out / "openvino"))
+    assert ov_model.stateful  # KV cache inside the graph, as optimum's text-generation-with-past
+
+
+def test_fp16_export_of_a_sparsepeft_merge(tmp_path, tiny_recipe):
+    out = tmp_path / "run"
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress",
+                   "--set", "export.enabled=true", "--set", "eval.items=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_stage(out / "openvino", expect="export").config["format"] == "fp16"
+    report = json.loads((out / "openvino" / "verify.json").read_text())
+    assert report["ok"] and report["new_nonzeros"] == 0 and report["int4_checked"] == 0
+    from sqft_intel.export.ir_weights import read_ir_weights
+
+    ir = read_ir_weights(out / "openvino" / "openvino_model.xml")
+    masks = load_file(out / "merge" / "masks.safetensors")
+    for name, keep in masks.items():
+        w = ir[name.removesuffix(".weight")]
+        assert w.kind == "f16" and (w.plain[~keep.numpy()] == 0).all()
+
+
+def test_int4_export_of_an_fp_merge_is_refused_before_work(tmp_path, tiny_recipe):
+    from sqft_intel.export.api import resolve_format
+    from sqft_intel.export.config import ExportConfig
+
+    out = tmp_path / "run"
+    for stage in ("sparsify", "finetune", "select", "merge"):
+        assert run_cli(stage, "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+    with pytest.raises(ConfigError, match="needs an INT4 merge"):
+        resolve_format(ExportConfig(format="int4"), out / "merge")
+    proc = run_cli("export", "--recipe", str(tiny_recipe), "--out", str(out),
+                   "--set", "export.format=int4")
+    assert proc.returncode == 2 and "needs an INT4 merge" in proc.stderr
+    assert not (out / "openvino").exists()
