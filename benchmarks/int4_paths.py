@@ -6,8 +6,8 @@ Rows (ARC-Easy validation, zero-shot log-likelihood; every row from the same 50 
 - `naive-fp-merge-then-rtn`: the FP merge above, re-quantized with fresh RTN scales (INT4, asym,
   g64): what you get without QA;
 - `nncf-fq-lora`: NNCF's `FQ_LORA` (fake quantization of W + B·A with trainable ranges, rank 32)
-  trained with the same data, loss, batch and steps; its effective weights Q(W + BA) lose the
-  sparsity (counted here).
+  trained with the same data, loss, batch and steps; scored on its effective weights Q(W + BA),
+  which lose the sparsity (counted here).
 
 Usage: python benchmarks/int4_paths.py --run runs/smollm2-135m-arc_easy [--steps 150] [--items N]
   --run: a finished default `sqft run` (sparsify, quantize, and a qa-sparsepeft merge).
@@ -74,7 +74,6 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     from sqft_intel.data import load_train_items
     from sqft_intel.device import autocast
     from sqft_intel.finetune.loop import build_examples, collate, epoch_batches
-    from sqft_intel.lm_head import answer_loss
 
     model, tok = sq.load_model(str(run / "sparsify"))
     example = dict(tok("The capital of France is", return_tensors="pt", return_token_type_ids=False))
@@ -96,11 +95,14 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     t0 = time.perf_counter()
     for step in range(steps):
         idx = batches[step % len(batches)]
-        with autocast(torch.device("cpu"), torch.bfloat16):
-            loss = answer_loss(model, **collate([examples[i] for i in idx], tok.pad_token_id))
+        with autocast(torch.device("cpu"), torch.bfloat16):  # top-level forward: NNCF's hooks run
+            loss = model(**collate([examples[i] for i in idx], tok.pad_token_id)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if (step + 1) % 25 == 0:
+            print(f"nncf fq-lora step {step + 1}: loss {loss.item():.3f}, "
+                  f"{(time.perf_counter() - t0) / (step + 1):.1f} s/step", flush=True)
     seconds = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():  # the weights the trained model computes with: Q(W + B·A)
@@ -108,7 +110,13 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
         for key, h in hooks.items():
             name = key.removesuffix("__0").replace(":", ".")
             eff[name] = h(model.get_submodule(name.removesuffix(".weight")).weight).float()
-    return model, tok, eff, seconds
+    # our scorer calls the backbone directly, past NNCF's hooks: score a plain model holding Q(W+BA)
+    plain, _ = sq.load_model(str(run / "sparsify"))
+    params = dict(plain.named_parameters())
+    with torch.no_grad():
+        for name, w in eff.items():
+            params[name].copy_(w)
+    return plain, tok, eff, seconds
 
 
 def main() -> None:

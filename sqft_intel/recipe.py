@@ -10,6 +10,8 @@ import copy
 import dataclasses
 import difflib
 import re
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -245,9 +247,51 @@ class Recipe:
         return copy.deepcopy(self.raw[name])
 
 
-def _build(cls, values: dict):
+def _conforms(value, tp) -> bool:
+    """Whether a YAML value fits a config field's annotation (lists stand in for tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis or origin is list:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items())
+    return True
+
+
+def _type_name(tp) -> str:
+    name = tp.__name__ if isinstance(tp, type) else str(tp)
+    return name.replace("typing.", "").replace("NoneType", "null").replace("None", "null").replace(
+        "tuple[", "list[")
+
+
+def _build(cls, values: dict, section: str):
     names = {f.name for f in fields(cls)}
     kwargs = {k: v for k, v in values.items() if k in names}
+    hints = typing.get_type_hints(cls)
+    for k, v in kwargs.items():
+        if not _conforms(v, hints[k]):
+            raise ConfigError(f"`{section}.{k}`={v!r} has the wrong type; expected "
+                              f"{_type_name(hints[k])}.")
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -263,21 +307,21 @@ def build_recipe(*layers: dict | tuple[str, dict]) -> Recipe:
     for layer in layers:
         where, values = layer if isinstance(layer, tuple) else ("recipe", layer)
         raw = merge_recipe(raw, values, where=where)
-    adapters = _build(NLSConfig, raw["finetune"])
-    train = _build(TrainConfig, raw["finetune"])
+    adapters = _build(NLSConfig, raw["finetune"], "finetune")
+    train = _build(TrainConfig, raw["finetune"], "finetune")
     if train.lr is None:
         train = dataclasses.replace(train, lr=adapters.default_lr)
     return Recipe(
-        model=_build(ModelConfig, raw["model"]),
-        data=_build(DataConfig, raw["data"]),
-        sparsify=_build(SparsityConfig, raw["sparsify"]),
-        quantize=_build(Int4Config, raw["quantize"]),
+        model=_build(ModelConfig, raw["model"], "model"),
+        data=_build(DataConfig, raw["data"], "data"),
+        sparsify=_build(SparsityConfig, raw["sparsify"], "sparsify"),
+        quantize=_build(Int4Config, raw["quantize"], "quantize"),
         adapters=adapters,
         train=train,
-        select=_build(SelectConfig, raw["select"]),
-        merge=_build(MergeConfig, raw["merge"]),
-        eval=_build(EvalConfig, raw["eval"]),
-        export=_build(ExportConfig, raw["export"]),
+        select=_build(SelectConfig, raw["select"], "select"),
+        merge=_build(MergeConfig, raw["merge"], "merge"),
+        eval=_build(EvalConfig, raw["eval"], "eval"),
+        export=_build(ExportConfig, raw["export"], "export"),
         raw=raw,
     )
 

@@ -61,6 +61,8 @@ def build_tiny_tokenizer():
     corpus = [" ".join(WORDS)] * 20 + ["Question: Answer: ?\n"] * 20
     tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+    fast.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}assistant:{% endif %}")
     return fast
 
 
@@ -117,6 +119,21 @@ def write_tiny_recipe(folder: Path, model_dir: Path, train: Path, val: Path) -> 
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_int4_run(tmp_path_factory, tiny_model_dir, tiny_task):
+    """The default INT4 chain on the tiny model through the CLI: sparsify -> quantize (g32) ->
+    QA-SparsePEFT -> INT4 merge -> exact INT4 OpenVINO export + verify. Returns (OUT, stdout)."""
+    tmp = tmp_path_factory.mktemp("tiny-int4")
+    recipe = write_tiny_recipe(tmp, tiny_model_dir, *tiny_task)
+    out = tmp / "run"
+    proc = run_cli("run", "--recipe", str(recipe), "--out", str(out), "--no-progress",
+                   "--set", "finetune.mode=qa-sparsepeft", "--set", "quantize.group_size=32",
+                   "--set", "finetune.lr=0.02", "--set", "eval.items=4",
+                   "--set", "export.enabled=true")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, proc.stdout
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900):

@@ -8,27 +8,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sqft_intel import ConfigError, load_stage
-from tests.conftest import run_cli, write_tiny_recipe
+from tests.conftest import run_cli
 
 pytest.importorskip("openvino")  # the `openvino` extra: installed by the README's set-up
 
-QA = ["--set", "finetune.mode=qa-sparsepeft", "--set", "quantize.group_size=32",
-      "--set", "finetune.lr=0.02", "--set", "eval.items=4", "--set", "export.enabled=true"]
-
-
 @pytest.fixture(scope="module")
-def int4_run(tmp_path_factory, tiny_model_dir, tiny_task):
-    """sparsify -> quantize -> QA-SparsePEFT -> INT4 merge -> exact INT4 export, through the CLI."""
-    tmp = tmp_path_factory.mktemp("export-int4")
-    recipe = write_tiny_recipe(tmp, tiny_model_dir, *tiny_task)
-    out = tmp / "run"
-    proc = run_cli("run", "--recipe", str(recipe), "--out", str(out), "--no-progress", *QA)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out, recipe, proc
+def int4_run(tiny_int4_run):
+    return tiny_int4_run
 
 
 def test_run_ends_with_a_verified_exact_int4_export(int4_run):
-    out, _, proc = int4_run
+    out, stdout = int4_run
     export = out / "openvino"
     for f in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml",
               "openvino_detokenizer.xml", "config.json", "masks.safetensors", "stage.json",
@@ -40,7 +30,7 @@ def test_run_ends_with_a_verified_exact_int4_export(int4_run):
     n = len(load_file(out / "merge" / "masks.safetensors"))
     assert report["ok"] and report["int4_checked"] == n == 14 and report["new_nonzeros"] == 0
     assert report["max_abs_logit_diff"] <= 2e-3 and report["greedy_match"]
-    assert "verify: PASS" in proc.stdout and "generate (OpenVINO GenAI" in proc.stdout
+    assert "verify: PASS" in stdout and "generate (OpenVINO GenAI" in stdout
 
 
 def test_ir_holds_the_merge_integers_bit_for_bit(int4_run):
@@ -48,7 +38,7 @@ def test_ir_holds_the_merge_integers_bit_for_bit(int4_run):
     from sqft_intel.export.api import read_int4
     from sqft_intel.export.ir_weights import read_ir_weights
 
-    out, _, _ = int4_run
+    out, _ = int4_run
     ir = read_ir_weights(out / "openvino" / "openvino_model.xml")
     merged = read_int4(out / "merge")
     base = read_int4(out / "quantize")
@@ -65,7 +55,7 @@ def test_verify_fails_on_a_tampered_merge(int4_run, tmp_path):
     """Change one merged integer (and, separately, one mask bit): verify exits 1 naming the check."""
     import shutil
 
-    out, _, _ = int4_run
+    out, _ = int4_run
     for what in ("int4", "mask"):
         run = tmp_path / what
         shutil.copytree(out / "merge", run / "merge")
@@ -93,7 +83,7 @@ def test_openvino_genai_and_optimum_load_the_export(int4_run):
 
     from sqft_intel.export.api import generate
 
-    out, _, _ = int4_run
+    out, _ = int4_run
     pieces = []
     text = generate(out / "openvino", "Question: the sun", max_new_tokens=6, stream=pieces.append)
     assert isinstance(text, str) and "".join(pieces) == text

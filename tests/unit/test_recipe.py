@@ -70,3 +70,22 @@ def test_default_chain_is_int4_qa_sparsepeft():
 def test_lr_default_follows_the_mode_unless_given():
     assert build_recipe({"finetune": {"mode": "sparsepeft"}}).train.lr == 3e-4
     assert build_recipe({"finetune": {"mode": "sparsepeft", "lr": 1e-3}}).train.lr == 1e-3
+
+
+@pytest.mark.parametrize("partial, words", [
+    ({"sparsify": {"sparsity": []}}, "`sparsify.sparsity`=[] has the wrong type; expected float"),
+    ({"finetune": {"rank_space": "abc"}}, "expected list[int, ...]"),
+    ({"quantize": {"group_size": "x"}}, "`quantize.group_size`='x'"),
+    ({"select": {"strategy": "custom", "ranks": [1]}}, "`select.ranks`=[1]"),
+    ({"eval": {"batch_size": "x"}}, "`eval.batch_size`='x'"),
+    ({"finetune": {"target_modules": 5}}, "`finetune.target_modules`=5"),
+    ({"sparsify": {"nm": "x"}}, "expected list[int, int] | null"),
+    ({"finetune": {"steps": 1.5}}, "expected int"),
+    ({"export": {"logit_tol": "x"}}, "`export.logit_tol`='x'"),
+    ({"data": {"task": 5}}, "`data.task`=5"),
+])
+def test_wrong_types_are_named_before_any_work(partial, words):
+    """Regression: these were accepted (or crashed later, deep in a stage) before type checks."""
+    with pytest.raises(ConfigError) as e:
+        build_recipe(partial)
+    assert words in str(e.value)
