@@ -371,7 +371,10 @@ def run_export(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     if fresh:
         return
     t0 = time.perf_counter()
-    fmt = export_(out / "merge", stage_dir(out, "export"), recipe.export, fingerprint=fp)
+    texts = data_mod.calibration_texts(train_items(recipe))[:64] \
+        if recipe.export.format == "sparse-int8" else None
+    fmt = export_(out / "merge", stage_dir(out, "export"), recipe.export, fingerprint=fp,
+                  calib_texts=texts)
     log(f"export: {fmt} OpenVINO IR in {time.perf_counter() - t0:.0f}s -> {stage_dir(out, 'export')}")
 
 

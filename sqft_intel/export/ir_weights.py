@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-_LAYER = re.compile(r"^__module\.(.+?)/aten::(linear|embedding)/(MatMul|Gather)")
+_LAYER = re.compile(r"^__module\.(.+?)/aten::(linear|embedding)/(MatMul|Gather)$")
 _INT_TYPES = {"u4": 4, "u8": 8, "i8": 8, "i4": 4}
 
 

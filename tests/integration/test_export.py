@@ -122,3 +122,26 @@ def test_int4_export_of_an_fp_merge_is_refused_before_work(tmp_path, tiny_recipe
                    "--set", "export.format=int4")
     assert proc.returncode == 2 and "needs an INT4 merge" in proc.stderr
     assert not (out / "openvino").exists()
+
+
+def test_sparse_int8_export_keeps_zeros_and_records_the_sparse_rate(tmp_path, tiny_recipe):
+    """W8A8 through optimum-intel/NNCF: int8 weights, zero exactly where pruned, sparse rate kept."""
+    from sqft_intel.export.api import _properties, generate
+    from sqft_intel.export.ir_weights import read_ir_weights
+
+    out = tmp_path / "run"
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(out), "--no-progress",
+                   "--set", "export.enabled=true", "--set", "export.format=sparse-int8",
+                   "--set", "eval.items=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = load_stage(out / "openvino", expect="export")
+    assert rec.config["format"] == "sparse-int8"
+    assert _properties(out / "openvino", "CPU") == {"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.5}
+    report = json.loads((out / "openvino" / "verify.json").read_text())
+    assert report["ok"] and report["new_nonzeros"] == 0 and not report["missing"]
+    ir = read_ir_weights(out / "openvino" / "openvino_model.xml")
+    masks = load_file(out / "merge" / "masks.safetensors")
+    for name, keep in masks.items():
+        w = ir[name.removesuffix(".weight")]
+        assert w.kind == "i8" and (w.q[~keep.numpy()] == 0).all(), name
+    assert isinstance(generate(out / "openvino", "the sun", max_new_tokens=3), str)
