@@ -7,6 +7,7 @@ never leaves a half-written stage and a good stage is only replaced by a complet
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -59,16 +60,27 @@ def write_stage_json(
     metrics: dict[str, Any] | None = None,
     **extra: Any,
 ) -> None:
-    """Write `stage.json`: which stage, which version, the exact config, the parent and metrics."""
+    """Write `stage.json`: which stage, which version, the exact config, the parent, metrics, and
+    the sha256 of every tensor file already in `out_dir` (write it last), checked by `load_stage`."""
     record = {
         "stage": stage,
         "sqft_intel_version": _version(),
         "parent": parent,
         "config": config,
         "metrics": metrics or {},
+        "sha256": {f.name: sha256_file(f) for pattern in ("*.safetensors", "*.bin")
+                   for f in sorted(Path(out_dir).glob(pattern))},
         **extra,
     }
     (Path(out_dir) / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,8 @@ class StageRecord:
 
 
 def load_stage(
-    path: Path | str, *, expect: str | None = None, require: tuple[str, ...] = ()
+    path: Path | str, *, expect: str | None = None, require: tuple[str, ...] = (),
+    verify: bool = True,
 ) -> StageRecord:
     """Read and check a stage directory.
 
@@ -93,9 +106,11 @@ def load_stage(
         path: the stage directory (e.g. `runs/x/sparsify`).
         expect: the stage name it must hold, if any.
         require: files that must exist next to `stage.json`.
+        verify: check the sha256 recorded for each tensor file (a changed or truncated file fails).
 
     Raises:
-        ArtifactError: missing directory or files, wrong stage, or another major.minor version.
+        ArtifactError: missing directory or files, wrong stage, another major.minor version, or a
+            tensor file whose content is not what the stage wrote.
     """
     path = Path(path)
     meta = path / STAGE_FILE
@@ -115,9 +130,16 @@ def load_stage(
         raise ArtifactError(
             f"`{path}` was written by sqft_intel {version!r}, this is {_version()}; rerun the stage."
         )
-    missing = [f for f in require if not (path / f).exists()]
+    recorded = raw.get("sha256", {})
+    missing = [f for f in (*require, *recorded) if not (path / f).exists()]
     if missing:
-        raise ArtifactError(f"`{path}` is incomplete: missing {missing}; rerun the stage.")
+        raise ArtifactError(f"`{path}` is incomplete: missing {sorted(set(missing))}; rerun the stage.")
+    if verify:
+        changed = [f for f, digest in recorded.items() if sha256_file(path / f) != digest]
+        if changed:
+            raise ArtifactError(
+                f"`{path}`: {changed} changed since the stage wrote them (sha256 differs); the "
+                "files were modified or corrupted: rerun the stage.")
     return StageRecord(
         path=path,
         stage=stage,

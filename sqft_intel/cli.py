@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             pipeline.run_pipeline(recipe, out, progress=progress)
         elif args.command == "eval":
-            pipeline.validate(recipe, stages=())
+            pipeline.validate(recipe, stages=(), out=out)
             pipeline.run_eval(recipe, out, progress=progress)
         else:
-            pipeline.validate(recipe, stages=(args.command,))
+            pipeline.validate(recipe, stages=(args.command,), out=out)
             pipeline.RUNNERS[args.command](recipe, out, progress=progress)
     except SqftError as e:
         print(f"sqft: error: {e}", file=sys.stderr)

@@ -97,8 +97,9 @@ def eval_items(recipe: Recipe) -> list[data_mod.MCItem]:
     return data_mod.subsample(items, recipe.eval.items, recipe.eval.seed)
 
 
-def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
-    """Everything checkable without loading weights: model source, targets, N:M shapes, data.
+def validate(recipe: Recipe, stages: tuple[str, ...] | None = None, out: Path | None = None) -> None:
+    """Everything checkable without loading weights: model source, targets, N:M shapes, data, and
+    (with `out`) a writable output directory with room on disk and in memory for the model.
 
     Raises ConfigError/UnsupportedModelError before a single file is written.
     """
@@ -107,6 +108,12 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
         data_mod.check_task(recipe.data.task)
     config = load_config(recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code)
     skeleton = meta_model(config)
+    if out is not None:
+        from .resources import check_resources
+
+        writers = len({"sparsify", "quantize", "merge", "export"} & set(stages))
+        check_resources(out, sum(p.numel() for p in skeleton.parameters()),
+                        stages_writing_models=max(1, writers))
     sparse_t = find_targets(skeleton, recipe.sparsify.target_modules, what="sparsify.target_modules")
     check_nm_fits(sparse_t, recipe.sparsify.nm)
     ft = find_targets(skeleton, recipe.adapters.target_modules, what="finetune.target_modules")
@@ -130,6 +137,10 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None) -> None:
         )
     if "export" in stages:
         _require_openvino()
+        if recipe.export.format == "int4" and mode != "qa-sparsepeft":
+            raise ConfigError(f"`export.format`='int4' needs an INT4 merge, which only mode "
+                              f"'qa-sparsepeft' gives (mode is {mode!r}); use format 'fp16' or "
+                              "'sparse-int8', or train with mode 'qa-sparsepeft'.")
     if "quantize" in stages:
         from .quantization.api import layer_groups
 
@@ -253,8 +264,8 @@ def run_quantize(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     res = quantize_(model, recipe.quantize, masks=masks, calib=calib, progress=progress)
     seconds = time.perf_counter() - t0
     with atomic_dir(out / "quantize") as tmp:
+        save_masks(masks, tmp)  # before stage.json, which records its sha256
         res.save(tmp, model, tok, parent="sparsify", fingerprint=fp)
-        save_masks(masks, tmp)
     m = res.metrics()
     log(f"quantize: {recipe.quantize.method} INT4 g{recipe.quantize.group_size} on "
         f"{len(res.targeted_modules)} layers in {seconds:.1f}s, mean sparsity "
@@ -461,7 +472,7 @@ def format_table(summary: dict) -> str:
 
 def run_pipeline(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
     """Validate, then sparsify -> finetune -> select -> merge -> evaluate; returns the summary."""
-    validate(recipe)
+    validate(recipe, out=out)
     t0 = time.perf_counter()
     for stage in stages_for(recipe):
         RUNNERS[stage](recipe, out, progress=progress)

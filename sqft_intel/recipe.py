@@ -289,6 +289,8 @@ def _build(cls, values: dict, section: str):
     kwargs = {k: v for k, v in values.items() if k in names}
     hints = typing.get_type_hints(cls)
     for k, v in kwargs.items():
+        if typing.get_origin(hints[k]) is Literal and v not in typing.get_args(hints[k]):
+            raise ConfigError(f"`{section}.{k}`={v!r}; use one of {list(typing.get_args(hints[k]))}.")
         if not _conforms(v, hints[k]):
             raise ConfigError(f"`{section}.{k}`={v!r} has the wrong type; expected "
                               f"{_type_name(hints[k])}.")

@@ -24,6 +24,33 @@ CASES = [
     ("N:M not dividing", {"sparsify": {"nm": [2, 5]}}, r"m=5 does not divide in_features=64"),
     ("sparsepeft on unpruned layer", {"sparsify": {"target_modules": ["q_proj"]}},
      r"sparsify does not prune"),
+    # wrong types, named before anything loads
+    ("sparsity not a number", {"sparsify": {"sparsity": "half"}},
+     r"`sparsify.sparsity`='half' has the wrong type; expected float"),
+    ("steps not an int", {"finetune": {"steps": 1.5}},
+     r"`finetune.steps`=1.5 has the wrong type; expected int"),
+    ("rank space a string", {"finetune": {"rank_space": "32"}}, r"expected list\[int, \.\.\.\]"),
+    ("nm as text", {"sparsify": {"nm": "2:4"}}, r"`sparsify.nm`='2:4' has the wrong type"),
+    ("model path a number", {"model": {"name_or_path": 7}}, r"`model.name_or_path`=7 has the wrong type"),
+    # ranges and combinations
+    ("lr out of range", {"finetune": {"lr": 2.0}}, r"`finetune.lr`=2.0 must be null or in \(0, 1\)"),
+    ("batch size 0", {"finetune": {"batch_size": 0}}, r"`finetune.batch_size` must be a positive int"),
+    ("elastic not a target", {"finetune": {"elastic_modules": ["o_proj"]}}, r"not in target_modules"),
+    ("custom select without ranks", {"select": {"strategy": "custom"}}, r"`select.ranks` is required"),
+    ("eval items 0", {"eval": {"items": 0}}, r"`eval.items`=0 must be null or a positive int"),
+    # INT4 (the quantize stage and the QA modes)
+    ("bits not 4", {"quantize": {"bits": 8}}, r"`quantize.bits`=8; only 4-bit weights"),
+    ("unknown quantize method", {"quantize": {"method": "awq"}},
+     r"`quantize.method`='awq'; use one of \['rtn', 'gptq'\]"),
+    ("group size not dividing", {"finetune": {"mode": "qa-sparsepeft"}, "quantize": {"group_size": 48}},
+     r"`quantize.group_size`=48 does not divide in_features=64 of `model.layers.0"),
+    ("qa with dropout", {"finetune": {"mode": "qa-sparsepeft", "dropout": 0.1}}, r"no separate adapter path"),
+    ("qa with a plain merge", {"finetune": {"mode": "qa-sparsepeft"}, "merge": {"method": "lora"}},
+     r"the INT4 merge is always masked"),
+    ("sqft mode through run", {"finetune": {"mode": "sqft"}}, r"keeps its adapters unmerged"),
+    # export
+    ("unknown export format", {"export": {"format": "int3"}}, r"`export.format`='int3'; use one of"),
+    ("int4 export of an FP merge", {"export": {"enabled": True, "format": "int4"}}, r"needs an INT4 merge"),
 ]
 
 
@@ -60,6 +87,14 @@ def test_malformed_row_names_the_line(tmp_path, tiny_recipe):
     proc = run_cli("run", "--recipe", str(tiny_recipe), "--set", f"data.train_file={bad}",
                    "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "line 2" in proc.stderr and "`choices`" in proc.stderr
+
+
+def test_output_under_a_file_is_refused(tmp_path, tiny_recipe):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(blocker / "run"))
+    assert proc.returncode == 2 and f"`{blocker}` is a file" in proc.stderr
+    assert blocker.read_text() == "not a directory"
 
 
 def test_missing_recipe_file(tmp_path):

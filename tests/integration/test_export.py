@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sqft_intel import ConfigError, load_stage
+from sqft_intel.artifacts import sha256_file
 from tests.conftest import run_cli
 
 pytest.importorskip("openvino")  # the `openvino` extra: installed by the README's set-up
@@ -70,6 +71,11 @@ def test_verify_fails_on_a_tampered_merge(int4_run, tmp_path):
             key = next(iter(m))
             m[key][0] = False  # claims the whole first row pruned: the IR has nonzeros there
             save_file(m, run / "merge" / "masks.safetensors")
+        tampered = run_cli("verify", str(run))  # the merge stage's own checksum catches it first
+        assert tampered.returncode == 2 and "sha256 differs" in tampered.stderr
+        rec = json.loads((run / "merge" / "stage.json").read_text())  # a merge that says so
+        rec["sha256"] = {f: sha256_file(run / "merge" / f) for f in rec["sha256"]}
+        (run / "merge" / "stage.json").write_text(json.dumps(rec))
         proc = run_cli("verify", str(run))
         assert proc.returncode == 1, proc.stdout + proc.stderr
         line = "INT4 integers/scales/zeros exact  MISMATCH" if what == "int4" else \

@@ -35,3 +35,21 @@ def test_load_stage_checks_stage_and_version(tmp_path):
 def test_load_stage_on_a_plain_directory(tmp_path):
     with pytest.raises(ArtifactError, match="not a stage directory"):
         load_stage(tmp_path)
+
+
+def test_stage_json_records_and_checks_tensor_checksums(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.arange(6.0)}, tmp_path / "model.safetensors")
+    write_stage_json(tmp_path, stage="merge", config={})
+    rec = load_stage(tmp_path, expect="merge")
+    assert list(rec.raw["sha256"]) == ["model.safetensors"]
+    assert len(rec.raw["sha256"]["model.safetensors"]) == 64
+    save_file({"w": torch.arange(6.0) + 1}, tmp_path / "model.safetensors")  # same shape, new values
+    with pytest.raises(ArtifactError, match=r"\['model.safetensors'\] changed since the stage wrote"):
+        load_stage(tmp_path)
+    assert load_stage(tmp_path, verify=False).stage == "merge"  # explicit opt-out only
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="incomplete: missing"):
+        load_stage(tmp_path, verify=False)
