@@ -323,14 +323,26 @@ def run_finetune(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
                      "precision": res.precision, "resumed_from": res.resumed_from,
                      "adapter_params_max": count_adapter_params(model),
                      "rank_counts": res.rank_counts},
-            fingerprint=fp)
+            fingerprint=fp, base_masks_sha256=_masks_sha(out, recipe))
     shutil.rmtree(work, ignore_errors=True)
     log(f"finetune: {res.steps} steps ({res.precision}) in {res.seconds:.0f}s -> {out / 'finetune'}")
 
 
+def _masks_sha(out: Path, recipe: Recipe) -> str:
+    from .artifacts import sha256_file
+
+    return sha256_file(stage_dir(out, parent_of(recipe, "finetune")) / MASKS_FILE)
+
+
 def _trained_model(recipe: Recipe, out: Path):
+    """The base with the trained adapters of OUT/finetune, which must have been trained on it."""
+    rec = load_stage(out / "finetune", expect="finetune")
+    trained_on = rec.raw.get("base_masks_sha256")
+    if trained_on is not None and trained_on != _masks_sha(out, recipe):
+        raise ArtifactError(
+            f"the adapters in {out / 'finetune'} were trained on another sparse base than the one "
+            f"now in {stage_dir(out, parent_of(recipe, 'finetune'))} (masks differ); rerun finetune.")
     model, tok, masks = _base_with_adapters(recipe, out)
-    load_stage(out / "finetune", expect="finetune")
     load_adapters_(model, out / "finetune")
     return model, tok, masks
 

@@ -113,3 +113,16 @@ def test_failed_rerun_keeps_the_good_stage(tmp_path, tiny_recipe):
     assert proc.returncode == 2 and "calib_samples" in proc.stderr
     assert (out / "sparsify" / "stage.json").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["sparsify"]
+
+
+def test_adapters_from_another_sparse_base_are_refused(tmp_path, tiny_recipe):
+    """Re-sparsifying under trained adapters, then selecting: refused (masks sha256 differ)."""
+    out = tmp_path / "out"
+    for stage in ("sparsify", "finetune"):
+        assert run_cli(stage, "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out),
+                   "--set", "sparsify.sparsity=0.6").returncode == 0
+    proc = run_cli("select", "--recipe", str(tiny_recipe), "--out", str(out),
+                   "--set", "sparsify.sparsity=0.6")
+    assert proc.returncode == 2 and "trained on another sparse base" in proc.stderr
+    assert not (out / "select").exists()
