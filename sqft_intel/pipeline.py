@@ -301,10 +301,16 @@ def run_finetune(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     fp, fresh = _current(recipe, out, "finetune")
     if fresh:
         return
+    from .finetune import distributed
+
     model, tok, _ = _base_with_adapters(recipe, out)
     work = out / ".finetune-work"
     res = finetune_(model, tok, train_items(recipe), recipe.train,
-                    checkpoint_dir=work / "checkpoints", fingerprint=fp, progress=progress)
+                    checkpoint_dir=work / "checkpoints", fingerprint=fp,
+                    progress=progress and distributed.is_main())
+    if not distributed.is_main():  # rank 0 writes the stage; the others wait for it
+        distributed.barrier()
+        return
     with atomic_dir(out / "finetune") as tmp:
         save_adapters(model, tmp)
         (tmp / "adapter_config.json").write_text(json.dumps(
@@ -321,10 +327,12 @@ def run_finetune(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
                      "seconds": res.seconds,
                      "seconds_per_step": res.seconds / max(1, res.steps - res.resumed_from),
                      "precision": res.precision, "resumed_from": res.resumed_from,
+                     "world_size": distributed.world()[1],
                      "adapter_params_max": count_adapter_params(model),
                      "rank_counts": res.rank_counts},
             fingerprint=fp, base_masks_sha256=_masks_sha(out, recipe))
     shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()
     log(f"finetune: {res.steps} steps ({res.precision}) in {res.seconds:.0f}s -> {out / 'finetune'}")
 
 
@@ -484,6 +492,12 @@ def format_table(summary: dict) -> str:
 
 def run_pipeline(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
     """Validate, then sparsify -> finetune -> select -> merge -> evaluate; returns the summary."""
+    from .finetune.distributed import launched
+
+    if launched():
+        raise ConfigError("`sqft run` under torchrun/accelerate would run every stage on every "
+                          "rank; run the other stages in one process and launch only "
+                          "`sqft finetune` on several ranks.")
     validate(recipe, out=out)
     t0 = time.perf_counter()
     for stage in stages_for(recipe):

@@ -11,13 +11,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..adapters.api import adapter_modules, rank_groups, sample_ranks_
+from ..adapters.api import adapter_modules, rank_groups, sample_ranks_, set_active_ranks_
 from ..adapters.config import NLSConfig
 from ..data import MCItem
 from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError
 from ..evaluation.scoring import encode_request
-from ..lm_head import answer_loss
+from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint_, save_checkpoint
 from .config import TrainConfig
 
@@ -114,6 +114,7 @@ def finetune_(
         raise ConfigError("the training set is empty; check `data.task` / `data.train_file`.")
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
+    distributed.init(device)
     torch.manual_seed(config.seed)  # dropout; adapter init happened in add_adapters_
     model.to(device)
     examples = build_examples(tokenizer, items, config.max_length)
@@ -128,6 +129,7 @@ def finetune_(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     rank_gen = torch.Generator().manual_seed(config.seed)
+    loss_fn = distributed.wrap(model)  # DDP over the adapters when launched on several ranks
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     result = TrainResult(steps=config.steps, precision=str(dtype).removeprefix("torch."))
@@ -150,6 +152,9 @@ def finetune_(
                initial=start, total=config.steps)
     for step in bar:
         ranks = sample_ranks_(model, rank_gen)  # once per optimizer step (NLS)
+        if distributed.world()[1] > 1:
+            ranks = distributed.same_on_all_ranks(ranks)
+            set_active_ranks_(model, ranks)
         for g, r in ranks.items():
             counts.setdefault(g, Counter())[r] += 1
         total = 0.0
@@ -157,12 +162,13 @@ def finetune_(
             epoch, pos = divmod(step * config.grad_accum + micro, n_batches)
             if epoch not in epochs:
                 epochs = {epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch)}
-            idx = epochs[epoch][pos]
+            idx = distributed.shard(epochs[epoch][pos])  # this rank's part of the global batch
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad).items()}
+            scale = distributed.token_scale(batch["labels"])
             with autocast(device, dtype):
-                loss = answer_loss(model, **batch) / config.grad_accum
+                loss = loss_fn(**batch, scale=scale) / config.grad_accum
             loss.backward()
-            total += loss.item()
+            total += distributed.reduce_sum(loss.item()) / distributed.world()[1]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -171,7 +177,7 @@ def finetune_(
                                "ranks": {g: r for g, r in ranks.items() if len(spaces[g]) > 1}})
         bar.set_postfix(loss=f"{total:.3f}")
         done = step + 1
-        if checkpoint_dir is not None and config.checkpoint_every and (
+        if checkpoint_dir is not None and config.checkpoint_every and distributed.is_main() and (
             done % config.checkpoint_every == 0 and done < config.steps
         ):
             history = {"log": result.log, "rank_counts": {g: dict(c) for g, c in counts.items()}}
