@@ -22,17 +22,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = {
-    # name: (implementation, mode, autocast bf16, rank space, adapter dropout)
+    # name: (implementation, mode, autocast bf16, rank space, adapter dropout[, memory-efficient])
     "peft-lora-fp32": ("peft", "lora", False, (32,), 0.0),
     "peft-lora-bf16": ("peft", "lora", True, (32,), 0.0),
     "sqft-lora-r32-bf16": ("sqft", "lora", True, (32,), 0.0),  # same math as PEFT: overhead check
     "sqft-nls-lora-bf16": ("sqft", "lora", True, (32, 24, 16), 0.0),
     "sqft-sparsepeft-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.0),
+    "sqft-sparsepeft-plain-autograd-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.0, False),
     # with adapter dropout SparsePEFT needs the straightforward two-matmul path
     "sqft-sparsepeft-dropout-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.05),
     "sqft-sparsepeft-fp32": ("sqft", "sparsepeft", False, (32, 24, 16), 0.0),
     # on an INT4 (RTN g64) base: fake quantization on the base's grid every forward
     "sqft-qa-sparsepeft-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0),
+    "sqft-qa-sparsepeft-plain-autograd-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0, False),
 }
 BASELINE = "peft-lora-bf16"
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
@@ -57,7 +59,8 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
     from sqft_intel.targets import replace_module
 
     set_threads()
-    impl, mode, bf16, ranks, dropout = CONFIGS[name]
+    impl, mode, bf16, ranks, dropout, *rest = CONFIGS[name]
+    efficient = rest[0] if rest else True
     model, _ = sq.load_model("smollm2-135m")
     torch.manual_seed(0)
     if impl == "peft":
@@ -79,7 +82,8 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
                         replace_module(model, fqn, _int4(mod))
         sq.add_adapters_(model, sq.NLSConfig(mode=mode, rank_space=ranks, alpha=64.0,
                                              dropout=dropout, target_modules=TARGETS,
-                                             elastic_modules=("q_proj", "k_proj", "v_proj")),
+                                             elastic_modules=("q_proj", "k_proj", "v_proj"),
+                                             memory_efficient=efficient),
                          masks=masks)
         gen = torch.Generator().manual_seed(0)
         sample = lambda: sq.sample_ranks_(model, gen)  # noqa: E731

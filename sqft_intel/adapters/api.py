@@ -88,7 +88,7 @@ def add_adapters_(
             qa_base = qa_base.float() * mask.to(qa_base.device)  # W̃ is sparse by construction
         adapter = ElasticLoraLinear(lin, rank_space=space, scaling=config.scaling,
                                     dropout=config.dropout, mask=mask, group=group,
-                                    qa_base=qa_base)
+                                    qa_base=qa_base, memory_efficient=config.memory_efficient)
         adapter.train(lin.training)  # new modules default to train mode: keep the model's mode
         replace_module(model, fqn, adapter)
     return AdapterResult(config, sorted(targets), groups)

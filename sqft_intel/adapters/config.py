@@ -31,6 +31,8 @@ class NLSConfig:
         target_modules: FQN suffixes of the Linear layers to adapt.
         elastic_modules: targets whose rank is elastic; those of one decoder block share one
             sampled rank (the paper: q/k/v). Other targets stay at `max(rank_space)`.
+        memory_efficient: SparsePEFT / QA-SparsePEFT training recomputes each layer's effective
+            weight in backward instead of keeping it from forward (same gradients, less memory).
     """
 
     mode: Literal["lora", "sparsepeft", "sqft", "qa-sparsepeft"] = "qa-sparsepeft"
@@ -40,6 +42,7 @@ class NLSConfig:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
     elastic_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     qa_base: Literal["dequantized", "fp"] = "dequantized"
+    memory_efficient: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:

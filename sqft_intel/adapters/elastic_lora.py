@@ -30,7 +30,8 @@ class ElasticLoraLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Module, *, rank_space: tuple[int, ...], scaling: float,
-                 dropout: float, mask: Tensor | None, group: str, qa_base: Tensor | None = None):
+                 dropout: float, mask: Tensor | None, group: str, qa_base: Tensor | None = None,
+                 memory_efficient: bool = False):
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
@@ -50,6 +51,7 @@ class ElasticLoraLinear(nn.Module):
                              persistent=False)
         self.rank_space = tuple(rank_space)
         self.group = group
+        self.memory_efficient = memory_efficient
         self.active_rank = r_max
 
     @property
@@ -74,6 +76,9 @@ class ElasticLoraLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         r = self.active_rank
+        if self.memory_efficient and torch.is_grad_enabled() and self.mask is not None and (
+                self.qa_base is not None or isinstance(self.dropout, nn.Identity) or not self.training):
+            return self._efficient(x, r)
         if self.qa_base is not None:  # QA-SparsePEFT: y = Q_{σ,z}(W̃ + ΔW ⊙ M) x
             w = fake_quant(self.qa_target(r), self.base.scales, self.base.zeros)
             return F.linear(x, w, self.base.bias)
@@ -87,6 +92,16 @@ class ElasticLoraLinear(nn.Module):
         # SparsePEFT without dropout: one matmul on exactly the weights the merge will write,
         # W + ΔW ⊙ M (3 matmuls per step instead of 5; the merge is the same arithmetic)
         return F.linear(x, self.base.weight + self.delta_weight(r), self.base.bias)
+
+    def _efficient(self, x: Tensor, r: int) -> Tensor:
+        """The same function, recomputing the effective weight in backward (adapters/efficient.py)."""
+        from .efficient import QASparsePEFTLinear, SparsePEFTLinear
+
+        a, b = self.lora_A[:r], self.lora_B[:, :r]
+        if self.qa_base is not None:
+            return QASparsePEFTLinear.apply(x, self.qa_base, a, b, self.mask, self.scaling,
+                                            self.base.scales, self.base.zeros, self.base.bias)
+        return SparsePEFTLinear.apply(x, self.base.weight, a, b, self.mask, self.scaling, self.base.bias)
 
     def extra_repr(self) -> str:
         kind = "qa-sparsepeft" if self.qa_base is not None else (
