@@ -119,8 +119,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
-                    help="a subset (the baseline is always included); results go to "
-                    "train_step_<first non-baseline config>.json")
+                    help="a subset (the baseline is always included)")
+    ap.add_argument("--name", default="train_step", help="results file stem (default train_step)")
     args = ap.parse_args()
     if args.quick:
         args.batch, args.seq, args.rounds, args.steps = 2, 128, 1, 2
@@ -130,7 +130,6 @@ def main() -> None:
     from _common import write_result
 
     names = [BASELINE] + [n for n in args.configs if n != BASELINE]
-    subset = len(names) < len(CONFIGS)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names:  # interleaved: every config once per round
@@ -154,8 +153,7 @@ def main() -> None:
         r["rss_ratio_to_baseline"] = r["peak_rss_mb"] / base["peak_rss_mb"]
         print(f"{r['config']:>22} {r['step_seconds_median']:>8.2f} {r['ratio_to_baseline']:>20.2f} "
               f"{r['peak_rss_mb']:>12.0f}")
-    stem = f"train_step_{names[1]}" if subset else "train_step"
-    path = write_result(f"{stem}_quick" if args.quick else stem, {
+    path = write_result(f"{args.name}_quick" if args.quick else args.name, {
         "model": "smollm2-135m", "batch": args.batch, "seq": args.seq, "rank": 32,
         "targets": list(TARGETS), "rounds": args.rounds, "steps_per_round": args.steps,
         "baseline": BASELINE, "rows": rows})

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..quantization.int4 import QMAX, expand
+from ..quantization.fake_quant import grouped
+from ..quantization.int4 import QMAX
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype | None:
@@ -46,9 +47,10 @@ class SparsePEFTLinear(torch.autograd.Function):
     def forward(ctx, x, weight, lora_A, lora_B, mask, scaling, bias):
         dtype = _compute_dtype(x)
         w = weight + _delta(lora_A, lora_B, scaling, dtype) * mask  # (out, in), freed after forward
-        ctx.save_for_backward(x, weight, lora_A, lora_B, mask)
-        ctx.scaling, ctx.dtype = scaling, dtype
-        return F.linear(x if dtype is None else x.to(dtype), w if dtype is None else w.to(dtype),
+        xc = x if dtype is None else x.to(dtype)  # saved in the compute dtype, as autocast would
+        ctx.save_for_backward(xc, weight, lora_A, lora_B, mask)
+        ctx.scaling, ctx.dtype, ctx.x_dtype = scaling, dtype, x.dtype
+        return F.linear(xc, w if dtype is None else w.to(dtype),
                         None if bias is None else (bias if dtype is None else bias.to(dtype)))
 
     @staticmethod
@@ -58,7 +60,7 @@ class SparsePEFTLinear(torch.autograd.Function):
         cd = dtype or g.dtype
         w = (weight + _delta(lora_A, lora_B, s, dtype) * mask).to(cd)  # recomputed, one layer
         g2 = g.reshape(-1, g.shape[-1]).to(cd)  # (N, out)
-        gx = (g2 @ w).reshape(*g.shape[:-1], w.shape[1]).to(x.dtype)
+        gx = (g2 @ w).reshape(*g.shape[:-1], w.shape[1]).to(ctx.x_dtype)
         gw = (g2.T @ x.reshape(-1, x.shape[-1]).to(cd)) * mask  # (out, in): ∂L/∂ΔW ⊙ M
         ga, gb = _grads_AB(gw, lora_A, lora_B, s, dtype)
         return gx, None, ga, gb, None, None, None
@@ -74,10 +76,11 @@ class QASparsePEFTLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, qa_base, lora_A, lora_B, mask, scaling, scales, zeros, bias):
         w, _ = QASparsePEFTLinear._effective(qa_base, lora_A, lora_B, mask, scaling, scales, zeros)
-        ctx.save_for_backward(x, qa_base, lora_A, lora_B, mask, scales, zeros)
-        ctx.scaling, ctx.dtype = scaling, _compute_dtype(x)
-        dtype = ctx.dtype
-        return F.linear(x if dtype is None else x.to(dtype), w if dtype is None else w.to(dtype),
+        dtype = _compute_dtype(x)
+        xc = x if dtype is None else x.to(dtype)
+        ctx.save_for_backward(xc, qa_base, lora_A, lora_B, mask, scales, zeros)
+        ctx.scaling, ctx.dtype, ctx.x_dtype = scaling, dtype, x.dtype
+        return F.linear(xc, w if dtype is None else w.to(dtype),
                         None if bias is None else (bias if dtype is None else bias.to(dtype)))
 
     @staticmethod
@@ -85,10 +88,10 @@ class QASparsePEFTLinear(torch.autograd.Function):
         """(Q(target) fp32, inside-the-clamp mask) for target = W̃ + s·(B A)⊙M in fp32."""
         with torch.autocast(lora_A.device.type, enabled=False):
             target = qa_base + ((lora_B.float() @ lora_A.float()) * scaling) * mask
-            group = target.shape[1] // scales.shape[1]
-            s, z = expand(scales.float(), group), expand(zeros.float(), group)
-            v = torch.round(target / s) + z
-            return s * (v.clamp(0, QMAX) - z), (v >= 0) & (v <= QMAX)
+            t, s, z = grouped(target, scales, zeros)
+            v = torch.round(t / s) + z
+            w = (s * (v.clamp(0, QMAX) - z)).view_as(target)
+            return w, ((v >= 0) & (v <= QMAX)).view_as(target)
 
     @staticmethod
     def backward(ctx, g):
@@ -97,7 +100,7 @@ class QASparsePEFTLinear(torch.autograd.Function):
                                                   zeros)
         cd = ctx.dtype or g.dtype
         g2 = g.reshape(-1, g.shape[-1]).to(cd)
-        gx = (g2 @ w.to(cd)).reshape(*g.shape[:-1], w.shape[1]).to(x.dtype)
+        gx = (g2 @ w.to(cd)).reshape(*g.shape[:-1], w.shape[1]).to(ctx.x_dtype)
         gw = (g2.T @ x.reshape(-1, x.shape[-1]).to(cd)).float() * inside * mask  # STE, then ⊙ M
         ga, gb = _grads_AB(gw, lora_A, lora_B, ctx.scaling, None)  # fp32, as the target was
         return gx, None, ga, gb, None, None, None, None, None

@@ -9,14 +9,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .int4 import QMAX, expand
+from .int4 import QMAX
+
+
+def grouped(target: Tensor, scale: Tensor, zero: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """target (out, in) as (out, in/g, g) fp32 with σ, z as (out, in/g, 1) fp32: broadcasting
+    instead of expanding σ and z to two dense (out, in) tensors every forward (same numbers)."""
+    out_f, in_f = target.shape
+    t = target.float().reshape(out_f, scale.shape[1], in_f // scale.shape[1])
+    return t, scale.float().unsqueeze(-1), zero.float().unsqueeze(-1)
 
 
 def qa_integers(target: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     """q' = clamp(round(target/σ) + z, 0, 15): (out, in) uint8 for target (out, in) fp32."""
-    group = target.shape[1] // scale.shape[1]
-    s, z = expand(scale.float(), group), expand(zero.float(), group)
-    return torch.clamp(torch.round(target.float() / s) + z, 0, QMAX).to(torch.uint8)
+    t, s, z = grouped(target, scale, zero)
+    return torch.clamp(torch.round(t / s) + z, 0, QMAX).to(torch.uint8).reshape(target.shape)
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -40,6 +47,5 @@ def fake_quant(target: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
 
     Zero wherever target is zero (q' = z): a masked update keeps pruned weights at exactly 0.
     """
-    group = target.shape[1] // scale.shape[1]
-    s, z = expand(scale.float(), group), expand(zero.float(), group)
-    return _FakeQuantSTE.apply(target.float(), s, z)
+    t, s, z = grouped(target, scale, zero)
+    return _FakeQuantSTE.apply(t, s, z).reshape(target.shape)
