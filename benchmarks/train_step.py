@@ -23,18 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = {
     # name: (implementation, mode, autocast bf16, rank space, adapter dropout[, memory-efficient])
+    # sqft configs without the 6th element use the default (plain autograd)
     "peft-lora-fp32": ("peft", "lora", False, (32,), 0.0),
     "peft-lora-bf16": ("peft", "lora", True, (32,), 0.0),
     "sqft-lora-r32-bf16": ("sqft", "lora", True, (32,), 0.0),  # same math as PEFT: overhead check
     "sqft-nls-lora-bf16": ("sqft", "lora", True, (32, 24, 16), 0.0),
     "sqft-sparsepeft-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.0),
-    "sqft-sparsepeft-plain-autograd-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.0, False),
+    "sqft-sparsepeft-memeff-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.0, True),
     # with adapter dropout SparsePEFT needs the straightforward two-matmul path
     "sqft-sparsepeft-dropout-bf16": ("sqft", "sparsepeft", True, (32, 24, 16), 0.05),
     "sqft-sparsepeft-fp32": ("sqft", "sparsepeft", False, (32, 24, 16), 0.0),
     # on an INT4 (RTN g64) base: fake quantization on the base's grid every forward
     "sqft-qa-sparsepeft-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0),
-    "sqft-qa-sparsepeft-plain-autograd-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0, False),
+    "sqft-qa-sparsepeft-memeff-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0, True),
 }
 BASELINE = "peft-lora-bf16"
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
@@ -60,7 +61,7 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
 
     set_threads()
     impl, mode, bf16, ranks, dropout, *rest = CONFIGS[name]
-    efficient = rest[0] if rest else True
+    efficient = rest[0] if rest else False
     model, _ = sq.load_model("smollm2-135m")
     torch.manual_seed(0)
     if impl == "peft":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import sys
 import threading
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if server is not None:
         server.shutdown()
         result["export"] = str(args.export)
+    used = sys.argv[1:] if argv is None else argv
+    result.update({"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(),
+                   "command": "python -m deploy.load_test " + " ".join(used)})
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

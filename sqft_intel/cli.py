@@ -28,21 +28,25 @@ def _common(p: argparse.ArgumentParser, *, out_required: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sqft",
-        description="SQFT on Intel hardware: sparsify -> NLS fine-tune -> select -> exact merge.",
+        description="SQFT on Intel hardware: sparsify -> INT4 quantize -> NLS fine-tune -> select -> "
+        "exact merge -> OpenVINO export -> verify, generate, serve.",
         epilog="Example: sqft run --quick   (bundled SmolLM2-135M on ARC-Easy)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="run every stage and evaluate (default: bundled model)",
-        description="Validate the recipe, then sparsify -> finetune -> select -> merge -> eval. "
-        "Stages whose inputs did not change are reused; an interrupted fine-tuning resumes.")
+        description="Validate the recipe, then sparsify -> quantize -> finetune -> select -> merge -> "
+        "eval -> export -> verify -> generate (quantize only for INT4 modes, export unless "
+        "`export.enabled: false`). Stages whose inputs did not change are reused; an interrupted "
+        "fine-tuning resumes.")
     _common(run, out_required=False)
     for stage, text in [
         ("sparsify", "Wanda-prune the model into OUT/sparsify"),
         ("quantize", "INT4 (rtn or mask-aware gptq) of OUT/sparsify into OUT/quantize, zeros kept"),
-        ("finetune", "train NLS adapters on OUT/sparsify into OUT/finetune (resumes)"),
+        ("finetune", "train NLS adapters on OUT/sparsify (or OUT/quantize) into OUT/finetune "
+                     "(resumes; DDP under torchrun)"),
         ("select", "pick a sub-adapter of OUT/finetune into OUT/select"),
-        ("merge", "fold the selected sub-adapter into the sparse weights: OUT/merge"),
+        ("merge", "fold the selected sub-adapter into the sparse (INT4) weights: OUT/merge"),
         ("export", "OpenVINO IR of OUT/merge (exact INT4, FP16 or sparse INT8) into OUT/openvino"),
         ("eval", "accuracy of dense, sparse and merged models; writes OUT/summary.json"),
     ]:

@@ -389,7 +389,9 @@ def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
                          metrics=res.metrics(), targeted_modules=res.targeted_modules,
                          fingerprint=fp)
     m = res.metrics()
-    log(f"merge: {recipe.merge.method}, mean sparsity {m['mean_sparsity']:.2%}, new nonzeros "
+    kind = "INT4 on the base grid (qa-sparsepeft)" if recipe.adapters.mode == "qa-sparsepeft" \
+        else recipe.merge.method
+    log(f"merge: {kind}, mean sparsity {m['mean_sparsity']:.2%}, new nonzeros "
         f"{m['total_new_nonzeros']} (an unmasked LoRA merge would be "
         f"{m['mean_unmasked_density']:.2%} dense) -> {out / 'merge'}")
 

@@ -32,7 +32,9 @@ class NLSConfig:
         elastic_modules: targets whose rank is elastic; those of one decoder block share one
             sampled rank (the paper: q/k/v). Other targets stay at `max(rank_space)`.
         memory_efficient: SparsePEFT / QA-SparsePEFT training recomputes each layer's effective
-            weight in backward instead of keeping it from forward (same gradients, less memory).
+            weight in backward instead of keeping it from forward (same gradients). Measured on
+            the bundled model: QA-SparsePEFT peak RSS 100-320 MB lower for 3-8 % more step time;
+            SparsePEFT no gain. Off by default (speed); turn on when memory is what limits you.
     """
 
     mode: Literal["lora", "sparsepeft", "sqft", "qa-sparsepeft"] = "qa-sparsepeft"
@@ -42,7 +44,7 @@ class NLSConfig:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
     elastic_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     qa_base: Literal["dequantized", "fp"] = "dequantized"
-    memory_efficient: bool = True
+    memory_efficient: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:

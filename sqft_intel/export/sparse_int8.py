@@ -51,8 +51,8 @@ def primitive_counts(compiled) -> dict[str, int]:
     counts: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
-        if "layerType" in rt and str(rt["layerType"]) in ("FullyConnected", "MatMul"):
-            p = str(rt["primitiveType"]) if "primitiveType" in rt else "?"
+        if "layerType" in rt and rt["layerType"].astype(str) in ("FullyConnected", "MatMul"):
+            p = rt["primitiveType"].astype(str) if "primitiveType" in rt else "?"
             counts[p] = counts.get(p, 0) + 1
     return counts
 

@@ -74,7 +74,8 @@ def mean_sparsity(per_layer: dict[str, float]) -> float:
 
 
 def check_masks_match(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    """Masks must name weights of this model with the same shapes (else: another base model)."""
+    """Masks must name weights of this model with the same shapes (else: another base model) and
+    the weights must be zero wherever their mask says pruned (else: another sparse model)."""
     params = dict(model.named_parameters())
     for name, m in masks.items():
         if name not in params:
@@ -83,6 +84,11 @@ def check_masks_match(model: nn.Module, masks: dict[str, Tensor]) -> None:
             raise ArtifactError(
                 f"mask `{name}` has shape {tuple(m.shape)} but the weight is "
                 f"{tuple(params[name].shape)}; the masks come from another base model."
+            )
+        if (params[name].detach()[~m.to(torch.bool)] != 0).any():
+            raise ArtifactError(
+                f"`{name}` is nonzero where its mask says pruned: the masks belong to another "
+                "sparse model (or the weights changed after sparsify); rerun from sparsify."
             )
 
 

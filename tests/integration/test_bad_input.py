@@ -126,3 +126,33 @@ def test_adapters_from_another_sparse_base_are_refused(tmp_path, tiny_recipe):
                    "--set", "sparsify.sparsity=0.6")
     assert proc.returncode == 2 and "trained on another sparse base" in proc.stderr
     assert not (out / "select").exists()
+
+
+def test_qa_without_a_quantize_stage(tmp_path, tiny_recipe):
+    out = tmp_path / "out"
+    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+    proc = run_cli("finetune", "--recipe", str(tiny_recipe), "--out", str(out),
+                   "--set", "finetune.mode=qa-sparsepeft", "--set", "quantize.group_size=32")
+    assert proc.returncode == 2
+    assert f"`{out / 'quantize'}` is not a stage directory" in proc.stderr and "run the stage" in proc.stderr
+    assert not (out / "finetune").exists()
+
+
+def test_quantize_stage_with_masks_of_another_model(tmp_path, tiny_recipe):
+    """Masks swapped for another sparsity's (checksums re-recorded, so only the content differs)."""
+    import json
+
+    from sqft_intel.artifacts import sha256_file
+
+    common = ["--recipe", str(tiny_recipe), "--set", "quantize.group_size=32"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("sparsify", *common, "--out", str(b), "--set", "sparsify.sparsity=0.7").returncode == 0
+    for stage in ("sparsify", "quantize"):
+        assert run_cli(stage, *common, "--out", str(a)).returncode == 0
+    (b / "sparsify" / "masks.safetensors").replace(a / "quantize" / "masks.safetensors")
+    rec = json.loads((a / "quantize" / "stage.json").read_text())
+    rec["sha256"]["masks.safetensors"] = sha256_file(a / "quantize" / "masks.safetensors")
+    (a / "quantize" / "stage.json").write_text(json.dumps(rec))
+    proc = run_cli("finetune", *common, "--out", str(a), "--set", "finetune.mode=qa-sparsepeft")
+    assert proc.returncode == 2 and "is nonzero where its mask says pruned" in proc.stderr
+    assert not (a / "finetune").exists()

@@ -151,3 +151,17 @@ def test_sparse_int8_export_keeps_zeros_and_records_the_sparse_rate(tmp_path, ti
         w = ir[name.removesuffix(".weight")]
         assert w.kind == "i8" and (w.q[~keep.numpy()] == 0).all(), name
     assert isinstance(generate(out / "openvino", "the sun", max_new_tokens=3), str)
+
+
+def test_chat_in_the_terminal(int4_run):
+    """`sqft chat DIR` reads turns from stdin, streams replies, stops at /exit."""
+    import os
+    import subprocess
+    import sys
+
+    out, _ = int4_run
+    proc = subprocess.run([sys.executable, "-m", "sqft_intel.cli", "chat", str(out), "--max-new-tokens", "4"],
+                          input="which is warmer?\nand the moon?\n/exit\n", capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("you> ") == 3  # two turns answered, then /exit
