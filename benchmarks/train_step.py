@@ -84,7 +84,8 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
         sq.add_adapters_(model, sq.NLSConfig(mode=mode, rank_space=ranks, alpha=64.0,
                                              dropout=dropout, target_modules=TARGETS,
                                              elastic_modules=("q_proj", "k_proj", "v_proj"),
-                                             memory_efficient=efficient),
+                                             memory_efficient=efficient,
+                                             qa_base="dequantized"),  # same step cost as fp
                          masks=masks)
         gen = torch.Generator().manual_seed(0)
         sample = lambda: sq.sample_ranks_(model, gen)  # noqa: E731

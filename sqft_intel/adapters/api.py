@@ -69,7 +69,9 @@ def add_adapters_(
             )
     if config.mode == "qa-sparsepeft" and config.qa_base == "fp" and (
             fp_weights is None or any(f"{f}.weight" not in fp_weights for f in targets)):
-        raise ConfigError("`finetune.qa_base`='fp' needs the FP sparse weights (`fp_weights=`).")
+        raise ConfigError("`finetune.qa_base`='fp' needs the FP sparse weights "
+                          "(`fp_weights=`, name -> weight of the sparse model before quantization), "
+                          "or use qa_base='dequantized'.")
     prefix, _ = decoder_blocks(model)
     model.requires_grad_(False)
     groups: dict[str, tuple[int, ...]] = {}

@@ -75,7 +75,8 @@ def test_merged_integers_moved_off_the_base(tiny_llama):
     masks, _ = int4_sparse(tiny_llama)
     base_q = {f: m.int_weight().clone() for f, m in tiny_llama.named_modules()
               if isinstance(m, Int4Linear)}
-    sq.add_adapters_(tiny_llama, sq.NLSConfig(mode="qa-sparsepeft", rank_space=(8,), alpha=16.0),
+    sq.add_adapters_(tiny_llama, sq.NLSConfig(mode="qa-sparsepeft", rank_space=(8,), alpha=16.0,
+                                                        qa_base="dequantized"),
                      masks=masks)
     train_a_few_steps(tiny_llama, steps=6)
     sq.merge_(tiny_llama, masks=masks)
