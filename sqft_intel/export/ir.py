@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArtifactError, ConfigError
+from ..quantization.int4 import pack
 
 TASK = "text-generation-with-past"
 TOKENIZER_XML, DETOKENIZER_XML = "openvino_tokenizer.xml", "openvino_detokenizer.xml"
@@ -97,8 +98,6 @@ def export_int4_exact(model: nn.Module, int4: dict[str, tuple[Tensor, Tensor, Te
             weight = compressed.get_submodule(fqn).weight
             # NNCF packs row-major over (out, in/g, g), element 2k in the low nibble: for whole
             # rows that is our (out, in/2) layout, so the bytes are the same
-            from ..quantization.int4 import pack
-
             weight.data = pack(q).reshape(weight.shape).contiguous()
             hook._scale.copy_(scales.reshape(hook._scale.shape))
             hook._zero_point.copy_(hook.pack_weight(zeros.reshape(hook.zero_point_shape)))

@@ -88,7 +88,7 @@ def _read(fqn: str, weight_node, out_f: int, in_f: int) -> IRWeight:
     q_node = max(ints, key=size)
     zp_nodes = [c for c in ints if c is not q_node]
     q = _const_array(q_node).reshape(out_f, in_f)
-    scale = _const_array(max(floats, key=size)).astype(np.float16)
+    scale = _const_array(max(floats, key=size))  # as stored: f16 (NNCF INT4/INT8), f32 (W8A8)
     n_groups = scale.size // out_f
     scales = scale.reshape(out_f, n_groups)
     zeros = None
