@@ -193,6 +193,29 @@ def subsample(items: list[MCItem], n: int | None, seed: int) -> list[MCItem]:
     return random.Random(seed).sample(items, n)
 
 
+def split_holdout(items: list[MCItem], n: int, seed: int = 0, *,
+                  avoid: list[MCItem] = ()) -> tuple[list[MCItem], list[MCItem]]:
+    """(train, holdout): `n` seeded items held out of the train split for sub-adapter search.
+
+    Never trained on and never the split the final numbers come from: rows that also occur in
+    `avoid` (the evaluation split; real splits share a few questions) are never held out, and
+    duplicated rows stay on one side, so no question is in two parts.
+    """
+    if n <= 0:
+        return list(items), []
+    banned = {(it.query, it.choices) for it in avoid}
+    distinct = sorted({(it.query, it.choices) for it in items} - banned)
+    held = set(random.Random(seed).sample(distinct, min(n, len(distinct))))
+    train = [it for it in items if (it.query, it.choices) not in held]
+    holdout, seen = [], set()
+    for it in items:
+        key = (it.query, it.choices)
+        if key in held and key not in seen:
+            seen.add(key)
+            holdout.append(it)
+    return train, holdout
+
+
 def calibration_texts(items: list[MCItem]) -> list[str]:
     """Plain text for Wanda's activation statistics: each question with its correct answer."""
     return [f"{it.query} {it.answer}".strip() for it in items]

@@ -72,7 +72,7 @@ _SECTIONS = {
     "sparsify": ("model", "data", "sparsify"),
     "quantize": ("data", "quantize"),
     "finetune": ("data", "finetune"),
-    "select": ("select",),
+    "select": ("data", "select"),
     "merge": ("merge",),
     "export": ("export",),
 }
@@ -83,18 +83,36 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- inputs, checked before any work
-def train_items(recipe: Recipe) -> list[data_mod.MCItem]:
+def _train_split(recipe: Recipe) -> tuple[list[data_mod.MCItem], list[data_mod.MCItem]]:
+    """(training items, held-out items): the train split less `data.holdout_items` seeded items."""
     if recipe.data.train_file:
-        return data_mod.load_jsonl(recipe.data.train_file)
-    return data_mod.load_train_items(recipe.data.task)
+        items = data_mod.load_jsonl(recipe.data.train_file)
+    else:
+        items = data_mod.load_train_items(recipe.data.task)
+    n = min(recipe.data.holdout_items, len(items) // 10)  # never more than a tenth of the data
+    train, holdout = data_mod.split_holdout(items, n, avoid=_all_eval_items(recipe) if n else ())
+    return data_mod.subsample(train, recipe.train.train_items, recipe.train.seed), holdout
+
+
+def train_items(recipe: Recipe) -> list[data_mod.MCItem]:
+    """What fine-tuning and calibration see: never the held-out or the validation items."""
+    return _train_split(recipe)[0]
+
+
+def holdout_items(recipe: Recipe) -> list[data_mod.MCItem]:
+    """Train-split items kept out of training, to score sub-adapters (`select` searches)."""
+    return _train_split(recipe)[1]
+
+
+def _all_eval_items(recipe: Recipe) -> list[data_mod.MCItem]:
+    if recipe.data.eval_file:
+        return data_mod.load_jsonl(recipe.data.eval_file)
+    return data_mod.load_val_items(recipe.data.task)
 
 
 def eval_items(recipe: Recipe) -> list[data_mod.MCItem]:
-    if recipe.data.eval_file:
-        items = data_mod.load_jsonl(recipe.data.eval_file)
-    else:
-        items = data_mod.load_val_items(recipe.data.task)
-    return data_mod.subsample(items, recipe.eval.items, recipe.eval.seed)
+    """The items the final numbers come from: the validation split (or `eval.items` of it)."""
+    return data_mod.subsample(_all_eval_items(recipe), recipe.eval.items, recipe.eval.seed)
 
 
 def validate(recipe: Recipe, stages: tuple[str, ...] | None = None, out: Path | None = None) -> None:
@@ -153,6 +171,9 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None, out: Path | 
             raise ConfigError("the training data is empty; check `data.task` / `data.train_file`.")
     if not eval_items(recipe):
         raise ConfigError("the evaluation data is empty; check `data.eval_file`.")
+    if "select" in stages and recipe.select.is_search and not holdout_items(recipe):
+        raise ConfigError(f"`select.strategy`={recipe.select.strategy!r} scores sub-adapters on "
+                          "held-out train items, and `data.holdout_items` is 0; set it to e.g. 200.")
 
 
 def _require_openvino() -> None:
@@ -361,17 +382,78 @@ def run_select(recipe: Recipe, out: Path, *, progress: bool = True) -> None:
     fp, fresh = _current(recipe, out, "select")
     if fresh:
         return
-    model, _, _ = _trained_model(recipe, out)
-    ranks = set_active_ranks_(model, recipe.select.choice)
+    model, tok, _ = _trained_model(recipe, out)
+    search = _search(recipe, model, tok, progress=progress) if recipe.select.is_search else None
+    ranks = set_active_ranks_(model, search.best.ranks if search else recipe.select.choice)
+    metrics = {"ranks": ranks, "adapter_params": count_adapter_params(model, active=True)}
     with atomic_dir(out / "select") as tmp:
         save_peft_adapter(model, tmp, base_model=str((out / "sparsify").resolve()),
                           alpha=recipe.adapters.alpha)
+        if search:
+            metrics["search"] = _write_search(tmp, recipe, search)
         write_stage_json(tmp, stage="select", parent="finetune", config=asdict(recipe.select),
-                         metrics={"ranks": ranks,
-                                  "adapter_params": count_adapter_params(model, active=True)},
-                         fingerprint=fp)
+                         metrics=metrics, fingerprint=fp)
     elastic = sorted({r for g, r in ranks.items() if g.endswith(".elastic")})
-    log(f"select: {recipe.select.strategy} -> elastic ranks {elastic} -> {out / 'select'}")
+    found = ""
+    if search:
+        m = recipe.select.metric
+        found = (f" (held-out {m} {search.best.score:.1%} vs heuristic {search.start.score:.1%}, "
+                 f"{len(search.trials)} configurations)")
+    log(f"select: {recipe.select.strategy} -> elastic ranks {elastic}{found} -> {out / 'select'}")
+
+
+def _search(recipe: Recipe, model, tok, *, progress: bool):
+    """Search per-group ranks from the heuristic configuration, scored on the held-out items."""
+    from tqdm.auto import tqdm
+
+    from .adapters.api import rank_groups
+    from .search import STRATEGIES
+
+    cfg = recipe.select
+    items = holdout_items(recipe)
+    device = resolve_device(recipe.train.device)
+    dtype = resolve_precision(recipe.eval.precision, device)
+    model.to(device)
+
+    def evaluate(ranks):
+        set_active_ranks_(model, ranks)
+        s = score_mc(model, tok, items, batch_size=recipe.eval.batch_size, device=device,
+                     dtype=dtype, packed=recipe.eval.packed, progress=False)
+        return getattr(s, cfg.metric)
+
+    def params(ranks):
+        set_active_ranks_(model, ranks)
+        return count_adapter_params(model, active=True)
+
+    log(f"select: {cfg.strategy} search, {cfg.budget} configurations scored on {len(items)} "
+        "held-out train items")
+    bar = tqdm(total=cfg.budget, desc=f"select ({cfg.strategy})", unit="config", disable=not progress)
+    best = [float("-inf")]
+
+    def on_trial(t):
+        best[0] = max(best[0], t.score)
+        bar.set_postfix({cfg.metric: f"{best[0]:.3f}"}, refresh=False)
+        bar.update(1)
+
+    kwargs = {"population": cfg.population} if cfg.strategy == "evolution" else {}
+    start = set_active_ranks_(model, "heuristic")
+    res = STRATEGIES[cfg.strategy](rank_groups(model), start, evaluate, params, budget=cfg.budget,
+                                   seed=cfg.seed, on_trial=on_trial, **kwargs)
+    bar.close()
+    return res
+
+
+def _write_search(stage: Path, recipe: Recipe, res) -> dict:
+    """search_log.jsonl (every configuration tried) and pareto.json; returns the summary."""
+    with open(stage / "search_log.jsonl", "w") as f:
+        for t in res.trials:
+            f.write(json.dumps(t.as_dict()) + "\n")
+    front = [t.as_dict() for t in res.pareto()]
+    (stage / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
+    return {"strategy": recipe.select.strategy, "metric": recipe.select.metric,
+            "holdout_items": recipe.data.holdout_items, "evaluations": len(res.trials),
+            "heuristic_score": res.start.score, "best_score": res.best.score,
+            "best_index": res.best.index, "pareto_size": len(front)}
 
 
 def run_merge(recipe: Recipe, out: Path, *, progress: bool = True) -> None:

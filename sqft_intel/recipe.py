@@ -47,27 +47,53 @@ class DataConfig:
     task: bundled task (train split for fine-tuning/calibration, validation split for accuracy).
     train_file: JSONL of `{"query", "choices", "gold"}` rows replacing the task's train split.
     eval_file: JSONL of the same rows replacing the task's validation split.
+    holdout_items: items held out of the train split (seeded, at most a tenth of it, never
+        trained on) to score sub-adapters in `select` searches; the final numbers always come from
+        the validation split, whose questions are never held out.
     """
 
     task: str = "arc_easy"
     train_file: str | None = None
     eval_file: str | None = None
+    holdout_items: int = 200
+
+    def __post_init__(self):
+        if isinstance(self.holdout_items, bool) or not isinstance(self.holdout_items, int) \
+                or self.holdout_items < 0:
+            raise ConfigError(f"`data.holdout_items`={self.holdout_items!r} must be an int >= 0.")
 
 
 @dataclass(frozen=True)
 class SelectConfig:
     """Args:
-    strategy: `heuristic` (median rank of each space, SQFT's default), `maximal`, `minimal`, or
-        `custom` (then `ranks` is one int for all elastic groups or a dict group -> rank).
+    strategy: `heuristic` (median rank of each space, SQFT's default), `maximal`, `minimal`,
+        `custom` (then `ranks` is one int for all elastic groups or a dict group -> rank), or a
+        search from the heuristic configuration scored on `data.holdout_items` held-out train
+        items: `hill-climb` or `evolution`.
+    budget: searches: configurations evaluated, the heuristic start included.
+    metric: searches: `acc` or `acc_norm` on the held-out items (ties: fewer adapter parameters).
+    population: `evolution`: configurations kept per generation.
+    seed: searches: move order, random configurations and mutations.
     """
 
-    strategy: Literal["heuristic", "maximal", "minimal", "custom"] = "heuristic"
+    strategy: Literal["heuristic", "maximal", "minimal", "custom", "hill-climb", "evolution"] = \
+        "heuristic"
     ranks: int | dict[str, int] | None = None
+    budget: int = 24
+    metric: Literal["acc", "acc_norm"] = "acc"
+    population: int = 8
+    seed: int = 0
 
     def __post_init__(self):
-        allowed = ("heuristic", "maximal", "minimal", "custom")
+        allowed = ("heuristic", "maximal", "minimal", "custom", "hill-climb", "evolution")
         if self.strategy not in allowed:
             raise ConfigError(f"`select.strategy`={self.strategy!r}; use one of {list(allowed)}.")
+        for name in ("budget", "population"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"`select.{name}`={v!r} must be a positive int.")
+        if self.metric not in ("acc", "acc_norm"):
+            raise ConfigError(f"`select.metric`={self.metric!r}; use 'acc' or 'acc_norm'.")
         if (self.strategy == "custom") != (self.ranks is not None):
             raise ConfigError(
                 "`select.ranks` is required with strategy 'custom' and only then; "
@@ -77,6 +103,10 @@ class SelectConfig:
     @property
     def choice(self):
         return self.ranks if self.strategy == "custom" else self.strategy
+
+    @property
+    def is_search(self) -> bool:
+        return self.strategy in ("hill-climb", "evolution")
 
 
 @dataclass(frozen=True)

@@ -30,3 +30,14 @@ def test_arc_easy_train_is_deduplicated():
     items = load_train_items("arc_easy")
     assert len(items) == 2251  # ARC-Easy train; the harness's unconditional copies are skipped
     assert len({i.query for i in items}) > 2200
+
+
+def test_holdout_is_disjoint_from_training_and_validation():
+    from sqft_intel.pipeline import eval_items, holdout_items, train_items
+    from sqft_intel.recipe import build_recipe
+
+    recipe = build_recipe()
+    keys = lambda xs: {(i.query, i.choices) for i in xs}  # noqa: E731
+    train, held, final = keys(train_items(recipe)), keys(holdout_items(recipe)), keys(eval_items(recipe))
+    assert len(held) == 200 and len(final) == 570
+    assert not train & held and not held & final
