@@ -48,9 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("select", "pick a sub-adapter of OUT/finetune into OUT/select"),
         ("merge", "fold the selected sub-adapter into the sparse (INT4) weights: OUT/merge"),
         ("export", "OpenVINO IR of OUT/merge (exact INT4, FP16 or sparse INT8) into OUT/openvino"),
-        ("eval", "accuracy of dense, sparse and merged models; writes OUT/summary.json"),
+        ("eval", "accuracy of dense, sparse and merged models; writes OUT/summary.json "
+                 "(--harness lm-eval: OUT/lm_eval.json)"),
     ]:
-        _common(sub.add_parser(stage, help=text, description=text), out_required=True)
+        p = sub.add_parser(stage, help=text, description=text)
+        _common(p, out_required=True)
+        if stage == "eval":
+            p.add_argument("--harness", choices=["builtin", "lm-eval"], default=None,
+                           help="builtin scorer (default) or lm-evaluation-harness on the merged "
+                           "model, base + unmerged adapters and the OpenVINO export")
+            p.add_argument("--tasks", default=None, metavar="T1,T2",
+                           help="lm-eval tasks (default: data.task); bundled names run offline")
     verify = sub.add_parser(
         "verify", help="check an export against its merge stage (sparsity, INT4 bits, logits)",
         description="Re-read DIR/openvino and compare it with DIR/merge: zeros where the masks say "
@@ -83,6 +91,12 @@ def _recipe(args):
         layers.append((f"recipe file {args.recipe}", load_recipe_file(args.recipe)))
     if getattr(args, "overrides", None):
         layers.append(("--set", parse_set(args.overrides)))
+    flags = {k: v for k, v in (("harness", getattr(args, "harness", None)),
+                               ("tasks", getattr(args, "tasks", None))) if v is not None}
+    if flags:
+        if "tasks" in flags:
+            flags["tasks"] = [t.strip() for t in flags["tasks"].split(",") if t.strip()]
+        layers.append(("--harness/--tasks", {"eval": flags}))
     return build_recipe(*layers)
 
 

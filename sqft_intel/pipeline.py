@@ -171,9 +171,30 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None, out: Path | 
             raise ConfigError("the training data is empty; check `data.task` / `data.train_file`.")
     if not eval_items(recipe):
         raise ConfigError("the evaluation data is empty; check `data.eval_file`.")
+    if recipe.eval.harness == "lm-eval":
+        _check_lm_eval_tasks(recipe)
     if "select" in stages and recipe.select.is_search and not holdout_items(recipe):
         raise ConfigError(f"`select.strategy`={recipe.select.strategy!r} scores sub-adapters on "
                           "held-out train items, and `data.holdout_items` is 0; set it to e.g. 200.")
+
+
+def _check_lm_eval_tasks(recipe: Recipe) -> None:
+    """lm-eval is installed and every task is bundled or in its registry."""
+    from .evaluation.harness import _require_lm_eval
+
+    _require_lm_eval()
+    others = [t for t in recipe.eval.tasks if t not in data_mod.TASKS and t != recipe.data.task]
+    if others:
+        from lm_eval.tasks import TaskManager
+
+        known = set(TaskManager(verbosity="ERROR").all_tasks)
+        unknown = [t for t in others if t not in known]
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], sorted(known | set(data_mod.TASKS)), n=1)
+            raise ConfigError(f"`eval.tasks` {unknown} are neither bundled ({sorted(data_mod.TASKS)}) "
+                              "nor lm-eval tasks" + (f"; did you mean {close[0]!r}?" if close else "."))
 
 
 def _require_openvino() -> None:
@@ -530,6 +551,9 @@ def evaluate_dir(recipe: Recipe, source: str, items, masks) -> dict:
 
 
 def run_eval(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
+    """The accuracy table (built-in scorer, OUT/summary.json), or lm-eval (OUT/lm_eval.json)."""
+    if recipe.eval.harness == "lm-eval":
+        return run_lm_eval(recipe, out, progress=progress)
     items = eval_items(recipe)
     masks = load_masks(out / "sparsify")
     sparse = f"sparse ({recipe.sparsify.target_sparsity:.0%} wanda)"
@@ -560,6 +584,49 @@ def run_eval(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
     tmp.replace(out / "summary.json")
     print(format_table(summary), flush=True)
     return summary
+
+
+def run_lm_eval(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
+    """lm-evaluation-harness on the run's merged model, its base + unmerged adapters (at the
+    selected ranks) and its OpenVINO export, over the same items for each."""
+    from .evaluation import harness
+
+    tasks = list(recipe.eval.tasks) or [recipe.data.task]
+    items = {t: eval_items(recipe) if t == recipe.data.task else
+             data_mod.subsample(data_mod.load_val_items(t), recipe.eval.items, recipe.eval.seed)
+             for t in tasks if t in data_mod.TASKS or t == recipe.data.task}
+    work = out / ".lm-eval-work"
+    bs = recipe.eval.batch_size
+    variants = {}
+
+    def evaluate(name, lm):
+        log(f"eval (lm-eval): {name} on {tasks}")
+        variants[name] = harness.scores(harness.run_harness(lm, tasks, items, work / "tasks",
+                                                            limit=recipe.eval.items))
+
+    merged, tok = load_model(str(out / "merge"), trust_remote_code=recipe.model.trust_remote_code)
+    evaluate("merged", harness.harness_lm(merged.eval(), tok, batch_size=bs))
+    del merged
+    unmerged, tok, _ = _trained_model(recipe, out)
+    set_active_ranks_(unmerged, load_stage(out / "select", expect="select").metrics["ranks"])
+    evaluate("base + adapters (unmerged)", harness.harness_lm(unmerged.eval(), tok, batch_size=bs))
+    del unmerged
+    export = stage_dir(out, "export")
+    if (export / "openvino_model.xml").is_file():
+        load_stage(export, expect="export")
+        evaluate("openvino", harness.harness_lm(openvino_dir=export, work=work, batch_size=bs))
+    shutil.rmtree(work, ignore_errors=True)
+    result = {"harness": "lm-eval", "tasks": tasks, "items": recipe.eval.items, "variants": variants}
+    tmp = out / "lm_eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out / "lm_eval.json")
+    lines = [f"\nlm-eval (zero-shot; {recipe.eval.items or 'all'} items per task)",
+             f"{'variant':<30} {'task':<16} {'acc':>7} {'acc_norm':>9} {'n':>6}"]
+    for name, per_task in variants.items():
+        for t, r in per_task.items():
+            lines.append(f"{name:<30} {t:<16} {r['acc']:>7.1%} {r['acc_norm']:>9.1%} {r['n'] or '':>6}")
+    print("\n".join(lines), flush=True)
+    return result
 
 
 def format_table(summary: dict) -> str:

@@ -132,6 +132,12 @@ class EvalConfig:
     packed: score all choices of an item in one sequence behind a shared query (same numbers,
         about 2x faster); `false` scores one sequence per choice (the reference).
     seed: which subset.
+    harness: `builtin` (our scorer: the accuracy table of `sqft run`) or `lm-eval`
+        (lm-evaluation-harness on the merged model, base + unmerged adapters, and the OpenVINO
+        export; `sqft eval --harness lm-eval`).
+    tasks: lm-eval tasks (empty: `data.task`). Bundled task names run as local task definitions
+        over the same items as the built-in scorer; other names come from lm-eval's registry (and
+        download their data, so they need a reachable hub).
     """
 
     items: int | None = None
@@ -139,10 +145,15 @@ class EvalConfig:
     precision: Literal["auto", "bf16", "fp32"] = "fp32"
     packed: bool = True
     seed: int = 0
+    harness: Literal["builtin", "lm-eval"] = "builtin"
+    tasks: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.items is not None and (not isinstance(self.items, int) or self.items < 1):
             raise ConfigError(f"`eval.items`={self.items!r} must be null or a positive int.")
+        if self.harness not in ("builtin", "lm-eval"):
+            raise ConfigError(f"`eval.harness`={self.harness!r}; use 'builtin' or 'lm-eval'.")
+        object.__setattr__(self, "tasks", tuple(self.tasks))
 
 
 # section -> the config classes whose fields it holds (finetune = adapter shape + training loop)

@@ -227,7 +227,7 @@ def load_ov_model(export_dir: Path, ov_config: dict | None = None):
     from optimum.intel import OVModelForCausalLM
 
     return OVModelForCausalLM.from_pretrained(
-        str(export_dir), ov_config={**_properties(export_dir, "CPU"), **(ov_config or PARITY_CONFIG)})
+        str(export_dir), ov_config={**export_properties(export_dir, "CPU"), **(ov_config or PARITY_CONFIG)})
 
 
 @torch.no_grad()
@@ -263,10 +263,10 @@ def _pipeline(export_dir: Path, device: str, max_new_tokens: int):
     cfg = ov_genai.GenerationConfig()
     cfg.max_new_tokens = max_new_tokens
     cfg.do_sample = False
-    return ov_genai.LLMPipeline(str(export_dir), device, **_properties(export_dir, device)), cfg
+    return ov_genai.LLMPipeline(str(export_dir), device, **export_properties(export_dir, device)), cfg
 
 
-def _properties(export_dir: Path, device: str) -> dict:
+def export_properties(export_dir: Path, device: str) -> dict:
     """Compile properties recorded by the export (the sparse-weight rate of `sparse-int8`)."""
     from .sparse_int8 import compile_properties
 

@@ -132,7 +132,7 @@ def test_int4_export_of_an_fp_merge_is_refused_before_work(tmp_path, tiny_recipe
 
 def test_sparse_int8_export_keeps_zeros_and_records_the_sparse_rate(tmp_path, tiny_recipe):
     """W8A8 through optimum-intel/NNCF: int8 weights, zero exactly where pruned, sparse rate kept."""
-    from sqft_intel.export.api import _properties, generate
+    from sqft_intel.export.api import export_properties, generate
     from sqft_intel.export.ir_weights import read_ir_weights
 
     out = tmp_path / "run"
@@ -142,7 +142,7 @@ def test_sparse_int8_export_keeps_zeros_and_records_the_sparse_rate(tmp_path, ti
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = load_stage(out / "openvino", expect="export")
     assert rec.config["format"] == "sparse-int8"
-    assert _properties(out / "openvino", "CPU") == {"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.5}
+    assert export_properties(out / "openvino", "CPU") == {"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.5}
     report = json.loads((out / "openvino" / "verify.json").read_text())
     assert report["ok"] and report["new_nonzeros"] == 0 and not report["missing"]
     ir = read_ir_weights(out / "openvino" / "openvino_model.xml")

@@ -164,3 +164,20 @@ def test_int4_on_the_bundled_model_keeps_every_zero(quick_run, tmp_path, method)
         z = int4[f"{name}.zeros"].repeat_interleave(64, dim=1)
         assert (q[~keep] == z[~keep]).all(), name
     assert rec.metrics["mean_rel_error"] < 0.2
+
+
+def test_lm_eval_merged_and_openvino_agree(quick_run):
+    """`sqft eval --harness lm-eval` on the bundled run: the merged model and its OpenVINO export
+    within 1 point on the same 150 ARC-Easy items; the merge equals the unmerged trained model."""
+    out, _ = quick_run
+    proc = run_cli("eval", "--quick", "--out", str(out), "--no-progress", "--harness", "lm-eval",
+                   timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    v = json.loads((out / "lm_eval.json").read_text())["variants"]
+    merged, ov, unmerged = (v[k]["arc_easy"] for k in ("merged", "openvino", "base + adapters (unmerged)"))
+    assert merged["n"] == ov["n"] == 150
+    assert abs(merged["acc"] - ov["acc"]) <= 0.01 and abs(merged["acc_norm"] - ov["acc_norm"]) <= 0.01
+    assert abs(merged["acc"] - unmerged["acc"]) <= 0.01
+    # and lm-eval's merged number is the built-in scorer's on the same items
+    tuned = json.loads((out / "summary.json").read_text())["rows"][-1]
+    assert merged["acc"] == pytest.approx(tuned["acc"], abs=0.007)
