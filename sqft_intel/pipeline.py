@@ -668,5 +668,8 @@ def run_pipeline(recipe: Recipe, out: Path, *, progress: bool = True) -> dict:
         generate(stage_dir(out, "export"), prompt, max_new_tokens=recipe.export.max_new_tokens,
                  stream=lambda piece: print(piece, end="", flush=True))
         print(flush=True)
-    log(f"done in {time.perf_counter() - t0:.0f}s; summary in {out / 'summary.json'}")
+    from .report import write_report
+
+    log(f"done in {time.perf_counter() - t0:.0f}s; summary in {out / 'summary.json'}, report in "
+        f"{write_report(out)}")
     return summary
