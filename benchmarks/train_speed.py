@@ -1,11 +1,13 @@
-"""Training step time and peak memory: SparsePEFT / NLS LoRA vs stock PEFT LoRA, same rank/batch.
+"""Training step time and peak memory: stock PEFT LoRA, our NLS LoRA / SparsePEFT / QA-SparsePEFT
+(straightforward and memory-efficient) and NNCF's FQ_LORA_NLS, same model, rank, batch and targets.
 
 Every configuration runs in its own subprocess (so its peak RSS is its own), and configurations
 are interleaved round by round (this machine is noisy: runs minutes apart differ by 15-25 %).
 Ratios are against stock PEFT LoRA with bf16 autocast measured in the same run.
 
-Usage: python benchmarks/train_step.py [--quick]
-Writes benchmarks/results/train_step.json.
+Usage: python benchmarks/train_speed.py [--quick] [--configs ...] [--name NAME]
+  --quick: batch 2x128, one round of 2 steps (under 5 minutes on 2 cores); prints the ratios.
+Writes benchmarks/results/train_speed.json (train_speed_quick.json with --quick).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ CONFIGS = {
     # on an INT4 (RTN g64) base: fake quantization on the base's grid every forward
     "sqft-qa-sparsepeft-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0),
     "sqft-qa-sparsepeft-memeff-bf16": ("sqft", "qa-sparsepeft", True, (32, 24, 16), 0.0, True),
+    # NNCF's peer: INT4 fake quantization (trainable ranges) + elastic LoRA on every quantizer,
+    # one rank drawn per step as in its NLS examples
+    "nncf-fq-lora-nls-bf16": ("nncf", "fq-lora-nls", True, (32, 24, 16), 0.0),
 }
 BASELINE = "peft-lora-bf16"
 TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
@@ -50,7 +55,35 @@ def _int4(lin):
     return Int4Linear.from_quantized(quantize(lin.weight, s, z), s, z, lin.bias)
 
 
-def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
+def _nncf_fq_lora_nls(model, ranks):
+    """NNCF FQ_LORA_NLS (INT4 asym g64) on the targets only; returns (model, per-step sampler)."""
+    import random
+
+    import nncf
+    import torch
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    ids = torch.randint(1000, 40000, (1, 16), generator=torch.Generator().manual_seed(2))
+    others = [f for f, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+              and f.rsplit(".", 1)[-1] not in TARGETS]
+    model = nncf.compress_weights(
+        model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=64, ratio=1.0,
+        dataset=nncf.Dataset([{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]),
+        compression_format=nncf.CompressionFormat.FQ_LORA_NLS,
+        ignored_scope=nncf.IgnoredScope(names=[f"{f}.weight" for f in others], validate=False),
+        advanced_parameters=AdvancedCompressionParameters(lora_adapter_rank=ranks[0]))
+    model.requires_grad_(False)
+    quantizers = [h["0"] for h in get_hook_storage(model).post_hooks.values()]
+    for q in quantizers:
+        if hasattr(q, "enable_gradients"):
+            q.enable_gradients()
+    elastic = [q for q in quantizers if hasattr(q, "set_active_rank")]
+    rng = random.Random(0)
+    return model, lambda: [q.set_active_rank(rng.choice(ranks)) for q in elastic]
+
+
+def child(name: str, batch: int, seq: int, warmup: int, steps: int, profile_top: int = 0) -> dict:
     import torch
 
     import sqft_intel as sq
@@ -64,7 +97,9 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
     efficient = rest[0] if rest else False
     model, _ = sq.load_model("smollm2-135m")
     torch.manual_seed(0)
-    if impl == "peft":
+    if impl == "nncf":
+        model, sample = _nncf_fq_lora_nls(model, ranks)
+    elif impl == "peft":
         from peft import LoraConfig, get_peft_model
 
         peft = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=dropout,
@@ -94,19 +129,33 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(1000, 40000, (batch, seq), generator=torch.Generator().manual_seed(1))
     attn = torch.ones_like(ids)
-    times = []
-    for step in range(warmup + steps):
-        t0 = time.perf_counter()
+    def step():
         if sample:
             sample()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = answer_loss(model, ids, attn, ids)
+            if impl == "nncf":  # NNCF's hooks run in the wrapped top-level forward only
+                loss = model(input_ids=ids, attention_mask=attn, labels=ids).loss
+            else:  # every position labelled: the same logits as the HF loss
+                loss = answer_loss(model, ids, attn, ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step >= warmup:
+
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        step()
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"name": name, "step_seconds": times,
+    profile = None
+    if profile_top:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        profile = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_top)
+    return {"name": name, "step_seconds": times, "profile": profile,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "trainable_params": sum(p.numel() for p in params)}
 
@@ -122,12 +171,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                     help="a subset (the baseline is always included)")
-    ap.add_argument("--name", default="train_step", help="results file stem (default train_step)")
+    ap.add_argument("--profile", metavar="CONFIG", choices=list(CONFIGS), default=None,
+                    help="print where one step of CONFIG spends its time (torch.profiler), no run")
+    ap.add_argument("--name", default="train_speed", help="results file stem (default train_speed)")
     args = ap.parse_args()
     if args.quick:
         args.batch, args.seq, args.rounds, args.steps = 2, 128, 1, 2
     if args.child:
         print(json.dumps(child(args.child, args.batch, args.seq, args.warmup, args.steps)))
+        return
+    if args.profile:
+        res = child(args.profile, args.batch, args.seq, args.warmup, 1, profile_top=25)
+        print(f"{args.profile}: {res['step_seconds'][0]:.2f} s/step\n{res['profile']}")
         return
     from _common import write_result
 
