@@ -48,12 +48,15 @@ class Engine:
     def __init__(self, export_dir: Path, device: str = "CPU"):
         import openvino_genai as ov_genai
 
+        from sqft_intel.export.api import export_properties
+
         if not (Path(export_dir) / "openvino_model.xml").is_file():
             raise SystemExit(f"{export_dir} holds no openvino_model.xml; run `sqft export` first.")
         self.name = Path(export_dir).resolve().parent.name or "sqft"
-        self.pipe = ov_genai.LLMPipeline(str(export_dir), device)
+        # the export's compile properties (the sparse-weight rate of a sparse-int8 export)
+        self.pipe = ov_genai.LLMPipeline(str(export_dir), device,
+                                         **export_properties(Path(export_dir), device))
         self.tokenizer = self.pipe.get_tokenizer()
-        self._ov_genai = ov_genai
         self.lock = threading.Lock()
 
     def prompt_text(self, req: GenerationRequest) -> str:
@@ -70,7 +73,7 @@ class Engine:
         return int(self.tokenizer.encode([text], add_special_tokens=False).input_ids.get_shape()[1])
 
     def generate(self, text: str, max_tokens: int, on_piece=None) -> tuple[str, int]:
-        cfg = self._ov_genai.GenerationConfig()
+        cfg = self.pipe.get_generation_config()  # the model's eos from generation_config.json
         cfg.max_new_tokens = max_tokens
         cfg.do_sample = False
         cfg.apply_chat_template = False  # chat prompts are templated by prompt_text

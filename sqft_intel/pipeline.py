@@ -637,7 +637,8 @@ def format_table(summary: dict) -> str:
         lines.append(f"{r['variant']:<40} {r['sparsity']:>9.1%} {r['acc']:>7.1%} "
                      f"{r['acc_norm']:>9.1%}")
     m = summary["merge"]
-    lines.append(f"merge ({m['method']}): {m['total_new_nonzeros']} new nonzeros; a plain LoRA "
+    qa = summary.get("recipe", {}).get("finetune", {}).get("mode") == "qa-sparsepeft"
+    lines.append(f"merge ({'INT4 on the base grid, masked' if qa else m['method']}): {m['total_new_nonzeros']} new nonzeros; a plain LoRA "
                  f"merge of the same adapters would leave the layers {m['mean_unmasked_density']:.1%}"
                  " dense")
     return "\n".join(lines)

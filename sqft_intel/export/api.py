@@ -260,10 +260,11 @@ def _pipeline(export_dir: Path, device: str, max_new_tokens: int):
     export_dir = Path(export_dir)
     if not (export_dir / MODEL_XML).is_file():
         raise ArtifactError(f"`{export_dir}` holds no {MODEL_XML}; run `sqft export` first.")
-    cfg = ov_genai.GenerationConfig()
-    cfg.max_new_tokens = max_new_tokens
+    pipe = ov_genai.LLMPipeline(str(export_dir), device, **export_properties(export_dir, device))
+    cfg = pipe.get_generation_config()  # generation_config.json's eos (a fresh config would take
+    cfg.max_new_tokens = max_new_tokens  # the tokenizer's, which GGUF conversions can get wrong)
     cfg.do_sample = False
-    return ov_genai.LLMPipeline(str(export_dir), device, **export_properties(export_dir, device)), cfg
+    return pipe, cfg
 
 
 def export_properties(export_dir: Path, device: str) -> dict:
