@@ -82,10 +82,9 @@ class Engine:
             on_piece(piece)
             return False
 
-        with self.lock:
-            result = self.pipe.generate(text, cfg, streamer if on_piece else None)
-        out = str(result)
-        return out, self.count_tokens(out) if out else 0
+        with self.lock:  # a list prompt returns DecodedResults, which count the generated tokens
+            result = self.pipe.generate([text], cfg, streamer if on_piece else None)
+        return result.texts[0], int(result.perf_metrics.get_num_generated_tokens())
 
 
 def make_handler(engine: Engine, config: ServerConfig, slots: threading.BoundedSemaphore):

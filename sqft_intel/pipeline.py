@@ -638,7 +638,8 @@ def format_table(summary: dict) -> str:
                      f"{r['acc_norm']:>9.1%}")
     m = summary["merge"]
     qa = summary.get("recipe", {}).get("finetune", {}).get("mode") == "qa-sparsepeft"
-    lines.append(f"merge ({'INT4 on the base grid, masked' if qa else m['method']}): {m['total_new_nonzeros']} new nonzeros; a plain LoRA "
+    kind = "INT4 on the base grid, masked" if qa else m["method"]
+    lines.append(f"merge ({kind}): {m['total_new_nonzeros']} new nonzeros; a plain LoRA "
                  f"merge of the same adapters would leave the layers {m['mean_unmasked_density']:.1%}"
                  " dense")
     return "\n".join(lines)
