@@ -82,3 +82,13 @@ def test_report_renders_in_headless_chromium(searched_run, tmp_path):
 def test_report_of_an_empty_directory_is_a_clear_error(tmp_path):
     proc = run_cli("report", str(tmp_path))
     assert proc.returncode == 2 and "holds no sqft stage output" in proc.stderr
+
+
+def test_report_of_a_half_finished_run_shows_what_exists(tmp_path, tiny_recipe):
+    out = tmp_path / "run"
+    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+    proc = run_cli("report", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (out / "report" / "index.html").read_text()
+    assert "<h2>Sparsity per layer" in page and "No merge stage yet." in page
+    assert "<h2>Accuracy" not in page and page.count("data:image/png") == 1
