@@ -180,9 +180,9 @@ def validate(recipe: Recipe, stages: tuple[str, ...] | None = None, out: Path | 
 
 def _check_lm_eval_tasks(recipe: Recipe) -> None:
     """lm-eval is installed and every task is bundled or in its registry."""
-    from .evaluation.harness import _require_lm_eval
+    from .evaluation.harness import require_lm_eval
 
-    _require_lm_eval()
+    require_lm_eval()
     others = [t for t in recipe.eval.tasks if t not in data_mod.TASKS and t != recipe.data.task]
     if others:
         from lm_eval.tasks import TaskManager

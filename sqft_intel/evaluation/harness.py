@@ -43,7 +43,7 @@ def local_task(name: str, items: list[MCItem], folder: Path) -> dict:
     }
 
 
-def _require_lm_eval():
+def require_lm_eval():
     try:
         import lm_eval
     except ImportError as e:
@@ -57,7 +57,7 @@ def harness_lm(model=None, tokenizer=None, *, openvino_dir: Path | None = None,
     """An lm-eval LM: HF `HFLM` around a torch model we hold, or lm-eval's `openvino` model
     (optimum-intel OVModelForCausalLM) on an export directory, compiled for f32 parity (its config
     file is written to `work`: lm-eval takes it as a path)."""
-    _require_lm_eval()
+    require_lm_eval()
     if openvino_dir is not None:
         from lm_eval.api.registry import get_model
 
@@ -79,7 +79,7 @@ def run_harness(lm, tasks: list[str], items_by_task: dict[str, list[MCItem]], wo
                 limit: int | None = None, log_samples: bool = False) -> dict:
     """lm-eval `simple_evaluate` on bundled tasks (local definitions over `items_by_task`) and
     registry tasks (by name, `limit` first items); returns lm-eval's results dict."""
-    lm_eval = _require_lm_eval()
+    lm_eval = require_lm_eval()
     logging.getLogger("lm-eval").setLevel(logging.WARNING)
     specs = []
     for t in tasks:
