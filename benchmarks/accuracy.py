@@ -173,30 +173,32 @@ def main(argv: list[str] | None = None) -> int:
     order = ["dense", "dense + LoRA, merged", "sparse", "sparse + LoRA, merged",
              "Shears (sparse + NLS), unmerged", "SQFT + SparsePEFT, merged"]
     rows.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
-    table = markdown(rows, recipe, len(items))
+    meta = {"task": recipe.data.task, "items": len(items), "steps": recipe.train.steps,
+            "batch_size": recipe.train.batch_size, "rank_space": list(nls.rank_space),
+            "sparsity": recipe.sparsify.target_sparsity,
+            "quantize": {"method": recipe.quantize.method, "group_size": recipe.quantize.group_size}}
+    table = markdown(rows, meta)
     print("\n" + table)
     if args.json != "-":
         command = "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        path = write_result(args.json, {
-            "command": command.strip(), "task": recipe.data.task, "items": len(items),
-            "steps": recipe.train.steps, "batch_size": recipe.train.batch_size,
-            "rank_space": list(nls.rank_space), "sparsity": recipe.sparsify.target_sparsity,
-            "quantize": {"method": recipe.quantize.method, "group_size": recipe.quantize.group_size},
-            "wall_seconds": time.perf_counter() - t_start, "rows": rows})
+        path = write_result(args.json, {"command": command.strip(), **meta,
+                                        "wall_seconds": time.perf_counter() - t_start, "rows": rows})
         (RESULTS / f"{args.json}.md").write_text(table + "\n")
         print(f"wrote {path}")
     return 0
 
 
-def markdown(rows: list[dict], recipe, n: int) -> str:
-    lines = [f"{recipe.data.task}, {n} validation items; {recipe.sparsify.target_sparsity:.0%} "
-             f"Wanda; {recipe.train.steps} steps, batch {recipe.train.batch_size}, ranks "
-             f"{list(recipe.adapters.rank_space)} (heuristic sub-adapter)", "",
+def markdown(rows: list[dict], meta: dict) -> str:
+    """The Markdown table of a results payload (`meta`: task, items, sparsity, steps, ...)."""
+    lines = [f"{meta['task']}, {meta['items']} validation items; {meta['sparsity']:.0%} Wanda; "
+             f"{meta['steps']} steps, batch {meta['batch_size']}, ranks {meta['rank_space']} "
+             "(heuristic sub-adapter)", "",
              "| variant | adapters | precision | sparsity | new nonzeros | acc | acc_norm |",
              "|---|---|---|---:|---:|---:|---:|"]
-    for r in rows:
+    for r in rows:  # "new nonzeros" (where Wanda pruned) means nothing for the dense rows
+        new = "n/a" if r["variant"].startswith("dense") else r["new_nonzeros"]
         lines.append(f"| {r['variant']} | {r['adapters']} | {r['precision']} | {r['sparsity']:.1%} "
-                     f"| {r['new_nonzeros']} | {r['acc']:.1%} | {r['acc_norm']:.1%} |")
+                     f"| {new} | {r['acc']:.1%} | {r['acc_norm']:.1%} |")
     return "\n".join(lines)
 
 
