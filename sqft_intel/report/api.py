@@ -59,7 +59,7 @@ def _sections(d: dict, folder: Path) -> list[str]:
     s = d["summary"]
     if s:
         out.append(f"<h2>Accuracy ({html.escape(s['task'])}, {s['eval_items']} validation items)</h2>")
-        out.append(_table(["variant", "sparsity", "acc", "acc_norm", "precision"],
+        out.append(_table(["variant", "sparsity", "acc", "acc_norm", "scored in"],
                           [[r["variant"], _pct(r["sparsity"]), _pct(r["acc"]), _pct(r["acc_norm"]),
                             r.get("precision", "")] for r in s["rows"]]))
         out.append(_img(plots.accuracy_bars(s["rows"], folder / "accuracy.png"), "accuracy"))
