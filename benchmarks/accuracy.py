@@ -120,19 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     sparse_dir = str(work / "sparsify")
 
-    model, tok = sq.load_model(recipe.model.name_or_path)
-    rows.append(measure("dense", model, tok, items, masks, precision="fp32", merged=None))
-    secs = train(model, tok, recipe, single, None)
-    sq.merge_(model, method="lora")
-    rows.append(measure("dense + LoRA, merged", model, tok, items, masks, precision="fp32",
-                        merged=True, train_seconds=secs))
-
-    model, tok = sq.load_model(sparse_dir)
-    rows.append(measure("sparse", model, tok, items, masks, precision="fp32", merged=None))
-    secs = train(model, tok, recipe, single, masks)
-    sq.merge_(model, method="lora")
-    rows.append(measure("sparse + LoRA, merged", model, tok, items, masks, precision="fp32",
-                        merged=True, train_seconds=secs))
+    for base, source in (("dense", recipe.model.name_or_path), ("sparse", sparse_dir)):
+        model, tok = sq.load_model(source)  # zero-shot, then plain LoRA merged (densifies)
+        rows.append(measure(base, model, tok, items, masks, precision="fp32", merged=None))
+        secs = train(model, tok, recipe, single, None)  # plain LoRA takes no mask
+        sq.merge_(model, method="lora")
+        rows.append(measure(f"{base} + LoRA, merged", model, tok, items, masks, precision="fp32",
+                            merged=True, train_seconds=secs))
 
     model, tok = sq.load_model(sparse_dir)
     secs = train(model, tok, recipe, dataclasses.replace(nls, mode="lora"), masks)
