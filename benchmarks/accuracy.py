@@ -35,7 +35,6 @@ import torch  # noqa: E402
 from _common import RESULTS, write_result  # noqa: E402
 
 import sqft_intel as sq  # noqa: E402
-from sqft_intel import pipeline  # noqa: E402
 from sqft_intel.adapters.api import adapter_modules, count_adapter_params  # noqa: E402
 from sqft_intel.device import set_threads  # noqa: E402
 from sqft_intel.recipe import build_recipe, load_recipe_file, parse_set  # noqa: E402
@@ -74,19 +73,19 @@ def measure(name: str, model, tok, items, masks, *, precision: str, merged: bool
 
 def train(model, tok, recipe, adapters: sq.NLSConfig, masks, fp_weights=None) -> float:
     """Add `adapters` to `model`, train them on the recipe's schedule, set the heuristic ranks."""
-    torch.manual_seed(recipe.train.seed)
+    torch.manual_seed(recipe.finetune.train.seed)
     sq.add_adapters_(model, adapters, masks=masks, fp_weights=fp_weights)
-    cfg = dataclasses.replace(recipe.train, lr=adapters.default_lr)
-    res = sq.finetune_(model, tok, pipeline.train_items(recipe), cfg, progress=False)
+    cfg = dataclasses.replace(recipe.finetune.train, lr=adapters.default_lr)
+    res = sq.finetune_(model, tok, recipe.splits.train, cfg, progress=False)
     sq.set_active_ranks_(model, "heuristic")
     return res.seconds
 
 
 def int4_base(work: Path):
-    from sqft_intel.quantization.api import load_int4_
+    from sqft_intel.quantization.storage import load_int4_
 
-    model, tok = sq.load_model(str(work / "quantize"))
-    load_int4_(model, work / "quantize")
+    model, tok = sq.load_model(str(sq.RunDir(work).quantize))
+    load_int4_(model, sq.RunDir(work).quantize)
     return model, tok
 
 
@@ -110,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     recipe = build_recipe(*layers)
     work = args.out
     t_start = time.perf_counter()
-    pipeline.validate(recipe, stages=("sparsify", "quantize"), out=work)
-    pipeline.run_sparsify(recipe, work, progress=False)
-    pipeline.run_quantize(recipe, work, progress=False)
-    items = pipeline.eval_items(recipe)
-    masks = sq.load_masks(work / "sparsify")
-    nls = recipe.adapters
+    sq.validate(recipe, running=("sparsify", "quantize"), out=work)
+    for stage in ("sparsify", "quantize"):
+        sq.run_stage(recipe, work, stage, progress=False)
+    items = recipe.splits.eval
+    masks = sq.load_masks(sq.RunDir(work).sparsify)
+    nls = recipe.finetune.adapters
     single = dataclasses.replace(nls, mode="lora", rank_space=(nls.max_rank,))  # plain LoRA
     rows = []
-    sparse_dir = str(work / "sparsify")
+    sparse_dir = str(sq.RunDir(work).sparsify)
 
     for base, source in (("dense", recipe.model.name_or_path), ("sparse", sparse_dir)):
         model, tok = sq.load_model(source)  # zero-shot, then plain LoRA merged (densifies)
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if nls.qa_base == "fp":
         from safetensors.torch import load_file
 
-        fp_weights = {n: w for n, w in load_file(work / "sparsify" / "model.safetensors").items()
+        fp_weights = {n: w for n, w in load_file(sq.RunDir(work).sparsify / "model.safetensors").items()
                       if n in masks}
     secs = train(model, tok, recipe, dataclasses.replace(nls, mode="qa-sparsepeft"), masks, fp_weights)
     sq.merge_(model, masks=masks, method="sparsepeft")
@@ -167,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     order = ["dense", "dense + LoRA, merged", "sparse", "sparse + LoRA, merged",
              "Shears (sparse + NLS), unmerged", "SQFT + SparsePEFT, merged"]
     rows.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
-    meta = {"task": recipe.data.task, "items": len(items), "steps": recipe.train.steps,
-            "batch_size": recipe.train.batch_size, "rank_space": list(nls.rank_space),
+    meta = {"task": recipe.data.task, "items": len(items), "steps": recipe.finetune.train.steps,
+            "batch_size": recipe.finetune.train.batch_size, "rank_space": list(nls.rank_space),
             "sparsity": recipe.sparsify.target_sparsity,
             "quantize": {"method": recipe.quantize.method, "group_size": recipe.quantize.group_size}}
     table = markdown(rows, meta)

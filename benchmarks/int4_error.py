@@ -24,7 +24,6 @@ from _common import write_result  # noqa: E402
 
 import sqft_intel as sq  # noqa: E402
 from sqft_intel.device import set_threads  # noqa: E402
-from sqft_intel.pipeline import calibration_ids  # noqa: E402
 from sqft_intel.quantization.api import quantize_  # noqa: E402
 from sqft_intel.quantization.config import Int4Config  # noqa: E402
 from sqft_intel.quantization.modules import Int4Linear  # noqa: E402
@@ -41,8 +40,9 @@ def main() -> None:
     n = 16 if args.quick else 64
     model, tok = sq.load_model("smollm2-135m")
     recipe = build_recipe({"sparsify": {"calib_samples": n}})
-    res = sq.sparsify_(model, recipe.sparsify, calib=calibration_ids(recipe, tok), progress=False)
-    held_out = calibration_ids(recipe, tok, build_recipe(
+    calib = recipe.splits.calibration_ids(tok, recipe.sparsify)
+    res = sq.sparsify_(model, recipe.sparsify, calib=calib, progress=False)
+    held_out = recipe.splits.calibration_ids(tok, build_recipe(
         {"quantize": {"calib_samples": n, "seed": 1}}).quantize)
     targets = {f: m for f, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and f"{f}.weight" in res.masks}
@@ -57,7 +57,7 @@ def main() -> None:
         m = copy.deepcopy(model)
         t0 = time.perf_counter()
         q = quantize_(m, Int4Config(method=method, group_size=args.group_size, calib_samples=n),
-                      masks=res.masks, calib=calibration_ids(recipe, tok), progress=False)
+                      masks=res.masks, calib=calib, progress=False)
         seconds = time.perf_counter() - t0
         errs = {}
         for f, mod in m.named_modules():

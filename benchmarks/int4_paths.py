@@ -29,7 +29,6 @@ import torch  # noqa: E402
 from _common import write_result  # noqa: E402
 
 import sqft_intel as sq  # noqa: E402
-from sqft_intel import pipeline  # noqa: E402
 from sqft_intel.device import set_threads  # noqa: E402
 from sqft_intel.recipe import build_recipe  # noqa: E402
 
@@ -49,11 +48,11 @@ def evaluate(model, tok, items, masks, fake_quant_weights=None) -> dict:
 def fp_sparsepeft(run: Path, work: Path, recipe) -> Path:
     """The FP SparsePEFT chain on RUN's sparse model; returns its merge directory."""
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / "sparsify").exists():
-        shutil.copytree(run / "sparsify", work / "sparsify")
+    if not sq.RunDir(work).sparsify.exists():
+        shutil.copytree(sq.RunDir(run).sparsify, sq.RunDir(work).sparsify)
     for stage in ("finetune", "select", "merge"):
-        pipeline.RUNNERS[stage](recipe, work, progress=False)
-    return work / "merge"
+        sq.run_stage(recipe, work, stage, progress=False)
+    return sq.RunDir(work).merge
 
 
 def naive_rtn(merge_dir: Path, masks):
@@ -75,12 +74,12 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     from sqft_intel.device import autocast
     from sqft_intel.finetune.loop import build_examples, collate, epoch_batches
 
-    model, tok = sq.load_model(str(run / "sparsify"))
+    model, tok = sq.load_model(str(sq.RunDir(run).sparsify))
     example = dict(tok("The capital of France is", return_tensors="pt", return_token_type_ids=False))
     model = nncf.compress_weights(
         model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=64, ratio=1.0,
         dataset=nncf.Dataset([example]), compression_format=nncf.CompressionFormat.FQ_LORA,
-        advanced_parameters=AdvancedCompressionParameters(lora_adapter_rank=recipe.adapters.max_rank))
+        advanced_parameters=AdvancedCompressionParameters(lora_adapter_rank=recipe.finetune.adapters.max_rank))
     model.requires_grad_(False)
     hooks = {k: h["0"] for k, h in get_hook_storage(model).post_hooks.items()}
     for h in hooks.values():
@@ -88,7 +87,7 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
             h.enable_gradients()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
-    cfg = recipe.train
+    cfg = recipe.finetune.train
     examples = build_examples(tok, load_train_items(recipe.data.task), cfg.max_length)
     batches = epoch_batches([len(e[0]) for e in examples], cfg.batch_size, cfg.seed, 0)
     model.train()
@@ -111,7 +110,7 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
             name = key.removesuffix("__0").replace(":", ".")
             eff[name] = h(model.get_submodule(name.removesuffix(".weight")).weight).float()
     # our scorer calls the backbone directly, past NNCF's hooks: score a plain model holding Q(W+BA)
-    plain, _ = sq.load_model(str(run / "sparsify"))
+    plain, _ = sq.load_model(str(sq.RunDir(run).sparsify))
     params = dict(plain.named_parameters())
     with torch.no_grad():
         for name, w in eff.items():
@@ -134,11 +133,11 @@ def main() -> None:
     recipe = build_recipe(summary["recipe"], {"finetune": {"mode": "sparsepeft", "lr": None,
                                                             "steps": args.steps},
                                               "eval": {"items": args.items}})
-    items = pipeline.eval_items(recipe)
-    masks = sq.load_masks(run / "sparsify")
+    items = recipe.splits.eval
+    masks = sq.load_masks(sq.RunDir(run).sparsify)
     rows = {}
 
-    model, tok = sq.load_model(str(run / "merge"))
+    model, tok = sq.load_model(str(sq.RunDir(run).merge))
     rows["qa-sparsepeft-int4-merged"] = evaluate(model, tok, items, masks)
     print("qa", rows["qa-sparsepeft-int4-merged"], flush=True)
 

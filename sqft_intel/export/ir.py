@@ -1,6 +1,6 @@
 """Merged model -> OpenVINO IR, through optimum-intel's exporter (stateful graph with KV cache).
 
-The exact INT4 route (DESIGN §4): NNCF's `compress_weights` only builds the skeleton (packed
+The exact INT4 route: NNCF's `compress_weights` only builds the skeleton (packed
 weights plus one decompressor hook per layer); we then overwrite every layer's integers, scales
 and zero points with the merge stage's own, so nothing is re-quantized. NNCF's algorithms would
 recompute scales from the merged weights and lose the bit-exact grid QA-SparsePEFT trained on.

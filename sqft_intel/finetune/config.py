@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Literal
 
+from ..device import Precision
 from ..errors import ConfigError
 
 
@@ -37,7 +38,7 @@ class TrainConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.0
     max_length: int = 128
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     device: str = "auto"
     seed: int = 42
     checkpoint_every: int = 50
@@ -57,7 +58,7 @@ class TrainConfig:
         if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
                                     or not 0 < self.lr < 1):
             raise ConfigError(f"`finetune.lr`={self.lr!r} must be null or in (0, 1); try 3e-4.")
-        if self.precision not in ("auto", "bf16", "fp32"):
+        if self.precision not in typing.get_args(Precision):
             raise ConfigError(f"`finetune.precision`={self.precision!r}; use auto, bf16 or fp32.")
         if self.train_items is not None and (not isinstance(self.train_items, int)
                                              or self.train_items < 1):

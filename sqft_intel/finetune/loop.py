@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,7 +13,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..adapters.api import adapter_modules, rank_groups, sample_ranks_, set_active_ranks_
-from ..adapters.config import NLSConfig
 from ..data import MCItem
 from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError
@@ -20,6 +20,8 @@ from ..evaluation.scoring import encode_request
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint_, save_checkpoint
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,17 +103,20 @@ def finetune_(
     `fingerprint` and ends with adapters equal to an uninterrupted run.
 
     Raises:
-        ConfigError: no adapters on the model, or no training items.
+        ConfigError: no adapters on the model, no training items, or no learning rate.
 
     Example:
         >>> add_adapters_(model, NLSConfig(), masks=masks)                     # doctest: +SKIP
-        >>> finetune_(model, tokenizer, load_train_items("arc_easy"), TrainConfig(steps=10))  # +SKIP
+        >>> finetune_(model, tokenizer, load_train_items("arc_easy"), TrainConfig(steps=10, lr=3e-4))  # +SKIP
     """
     mods = adapter_modules(model)
     if not mods:
         raise ConfigError("the model has no sqft adapters; call add_adapters_ first.")
     if not items:
         raise ConfigError("the training set is empty; check `data.task` / `data.train_file`.")
+    if config.lr is None:
+        raise ConfigError("`TrainConfig.lr` is None: pass the learning rate, e.g. "
+                          "`NLSConfig(mode=...).default_lr` (a recipe resolves it for you).")
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     distributed.init(device)
@@ -123,9 +128,6 @@ def finetune_(
     epochs: dict[int, list[list[int]]] = {}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
-    if config.lr is None:  # the mode's default, as a recipe would resolve it
-        qa = any(m.qa_base is not None for m in mods.values())
-        config = replace(config, lr=NLSConfig(mode="qa-sparsepeft" if qa else "sparsepeft").default_lr)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     rank_gen = torch.Generator().manual_seed(config.seed)
@@ -140,7 +142,7 @@ def finetune_(
             start, history = load_checkpoint_(ckpt, model, optimizer, scheduler, rank_gen)
             result.resumed_from = start
             result.log = history.get("log", [])
-            print(f"[sqft] resuming fine-tuning from {ckpt} (step {start})", flush=True)
+            log.info("resuming fine-tuning from %s (step %d)", ckpt, start)
     spaces = rank_groups(model)
     counts: dict[str, Counter] = {}
     if start:

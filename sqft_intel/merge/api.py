@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters.api import adapter_modules
 from ..errors import ArtifactError, ConfigError
+from ..sparsity.masks import check_weight_fits_mask
 from ..targets import replace_module
-
-MergeMethod = Literal["sparsepeft", "lora"]
+from .config import MergeConfig, MergeMethod, check_method_fits
 
 
 @dataclass
@@ -61,18 +60,19 @@ def merge_(
         masks: weight name -> keep-mask; defaults to the masks the adapters carry.
 
     Raises:
-        ConfigError: `sparsepeft` without a mask for some adapter.
+        ConfigError: an unknown method, `lora` on QA-SparsePEFT adapters (their merge is always
+            the exact INT4 one), or `sparsepeft` without a mask for some adapter.
         ArtifactError: the merged weight is not finite, or the base is nonzero where M is False
             (the masks belong to another model).
 
     Example:
         >>> set_active_ranks_(model, "heuristic"); res = merge_(model)  # doctest: +SKIP
     """
-    if method not in ("sparsepeft", "lora"):
-        raise ConfigError(f"`merge.method`={method!r}; use 'sparsepeft' or 'lora'.")
+    MergeConfig(method=method)  # validates the method
     mods = adapter_modules(model)
     if not mods:
         raise ConfigError("the model has no sqft adapters to merge.")
+    check_method_fits(method, quantization_aware=any(m.qa_base is not None for m in mods.values()))
     result = MergeResult(method, {m.group: m.active_rank for m in mods.values()},
                          targeted_modules=sorted(mods))
     from ..quantization.modules import Int4Linear
@@ -97,11 +97,7 @@ def merge_(
         if method == "sparsepeft":
             if mask is None:
                 raise ConfigError(f"SparsePEFT merge of `{fqn}` needs its mask; pass `masks=`.")
-            if (w[~mask] != 0).any():
-                raise ArtifactError(
-                    f"`{name}` is nonzero where its mask says pruned: the masks belong to another "
-                    "base model or the base was modified after sparsify."
-                )
+            check_weight_fits_mask(name, w, mask)
             merged = w.float() + delta * mask
         else:
             merged = w.float() + delta

@@ -6,20 +6,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..artifacts import write_stage_json
-from ..errors import ArtifactError, ConfigError
+from ..artifacts import save_stage
+from ..errors import ConfigError
 from ..sparsity.calibrate import blockwise, input_hessians
+from ..sparsity.masks import check_weight_fits_mask, save_masks
 from ..targets import find_targets, replace_module
 from .config import Int4Config
 from .gptq import gptq_quantize
 from .int4 import dequantize, group_params, quantize, resolve_group
 from .modules import Int4Linear
-
-INT4_FILE = "int4.safetensors"
+from .storage import save_model_dir
 
 
 @dataclass
@@ -48,83 +47,18 @@ class QuantizationResult:
                 "group_sizes": self.group_sizes, "sparsity": self.sparsity,
                 "rel_error": self.rel_error}
 
-    def save(self, out_dir: Path, model: nn.Module, tokenizer=None, **stage_extra) -> None:
-        """`int4.safetensors` (qweight/scales/zeros per weight), HF files with Q(W), stage.json."""
-        save_model_dir(model, tokenizer, Path(out_dir))
-        stage_extra.setdefault("parent", None)
-        write_stage_json(out_dir, stage="quantize", config=asdict(self.config),
-                         metrics=self.metrics(), targeted_modules=self.targeted_modules,
-                         **stage_extra)
+    def save(self, out_dir: Path, model: nn.Module, tokenizer=None, *,
+             masks: dict[str, Tensor] | None = None, parent: str | None = None, **stage_extra) -> Path:
+        """Write the stage atomically: `int4.safetensors` (qweight/scales/zeros per weight), HF
+        files holding Q(W), the sparsify masks when given, and `stage.json`."""
+        def write(tmp: Path) -> None:
+            save_model_dir(model, tokenizer, tmp)
+            if masks is not None:
+                save_masks(masks, tmp)
 
-
-def save_model_dir(model: nn.Module, tokenizer, out_dir: Path) -> None:
-    """HF save_pretrained files; for a model holding `Int4Linear`s also int4.safetensors (the exact
-    integers), with the HF weights holding their exact dequantization Q(W)."""
-    if int4_modules(model):
-        save_int4(model, out_dir)
-        with dequantized_copy(model) as plain:
-            plain.save_pretrained(out_dir)
-    else:
-        model.save_pretrained(out_dir)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
-
-
-def int4_modules(model: nn.Module) -> dict[str, Int4Linear]:
-    return {f: m for f, m in model.named_modules() if isinstance(m, Int4Linear)}
-
-
-def save_int4(model: nn.Module, out_dir: Path) -> None:
-    tensors = {}
-    for fqn, m in int4_modules(model).items():
-        tensors[f"{fqn}.weight.qweight"] = m.qweight.contiguous()
-        tensors[f"{fqn}.weight.scales"] = m.scales.contiguous()
-        tensors[f"{fqn}.weight.zeros"] = m.zeros.contiguous()
-    save_file(tensors, Path(out_dir) / INT4_FILE)
-
-
-def load_int4_(model: nn.Module, stage_dir: Path) -> list[str]:
-    """Swap the Linear layers named in `stage_dir/int4.safetensors` for `Int4Linear`s."""
-    path = Path(stage_dir) / INT4_FILE
-    if not path.is_file():
-        raise ArtifactError(f"`{path}` is missing; rerun the quantize stage.")
-    tensors = load_file(path)
-    names = sorted({k.rsplit(".", 1)[0] for k in tensors})  # "<fqn>.weight"
-    for name in names:
-        fqn = name.removesuffix(".weight")
-        lin = model.get_submodule(fqn)
-        q = tensors[f"{name}.qweight"]
-        if not isinstance(lin, nn.Linear) or tuple(q.shape) != (lin.out_features, lin.in_features // 2):
-            raise ArtifactError(f"`{name}` in {path} does not fit this model; another base model?")
-        mod = Int4Linear(lin.in_features, lin.out_features,
-                         lin.in_features // tensors[f"{name}.scales"].shape[1], bias=lin.bias)
-        mod.qweight.copy_(q)
-        mod.scales.copy_(tensors[f"{name}.scales"])
-        mod.zeros.copy_(tensors[f"{name}.zeros"])
-        replace_module(model, fqn, mod)
-    return names
-
-
-class dequantized_copy:
-    """Context: the model with Int4Linear swapped for plain Linear holding Q(W), then swapped back
-    (HF `save_pretrained` needs plain parameters)."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.swapped = model, {}
-
-    def __enter__(self) -> nn.Module:
-        for fqn, m in int4_modules(self.model).items():
-            lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            lin.weight = nn.Parameter(m.dequantized_weight(), requires_grad=False)
-            if m.bias is not None:
-                lin.bias = m.bias
-            self.swapped[fqn] = m
-            replace_module(self.model, fqn, lin)
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        for fqn, m in self.swapped.items():
-            replace_module(self.model, fqn, m)
+        return save_stage(out_dir, write, stage="quantize", config=asdict(self.config),
+                          parent=parent, metrics=self.metrics(),
+                          targeted_modules=self.targeted_modules, **stage_extra)
 
 
 def layer_groups(targets: dict[str, nn.Linear], config: Int4Config) -> dict[str, int]:
@@ -168,14 +102,7 @@ def quantize_(
     targets = find_targets(model, config.target_modules, what="quantize.target_modules")
     groups = layer_groups(targets, config)
     for fqn, lin in targets.items():
-        m = masks.get(f"{fqn}.weight")
-        if m is None or tuple(m.shape) != tuple(lin.weight.shape):
-            raise ArtifactError(
-                f"no mask of shape {tuple(lin.weight.shape)} for `{fqn}.weight`; the masks do not "
-                "match this model (rerun sparsify on it, or quantize only sparsified layers)."
-            )
-        if (lin.weight[~m.to(lin.weight.device)] != 0).any():
-            raise ArtifactError(f"`{fqn}.weight` is nonzero where its mask says pruned.")
+        check_weight_fits_mask(f"{fqn}.weight", lin.weight, masks.get(f"{fqn}.weight"))
     if config.method == "gptq" and calib is None:
         raise ConfigError("`quantize.method`='gptq' needs calibration ids (`calib=`).")
     result = QuantizationResult(config, group_sizes=groups, targeted_modules=sorted(targets))

@@ -1,4 +1,4 @@
-"""The INT4 grid (DESIGN §2) and its storage: pure torch, no model code.
+"""The INT4 grid and its packing: pure torch, no model code.
 
 Asymmetric, per group of `g` input channels: min <- min(min, 0), max <- max(max, 0) so 0 lies in
 every group's range; σ = (max - min)/15 (stored fp16), z = round(-min/σ) ∈ [0, 15] an integer;

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import time
 from pathlib import Path
 
+from ..artifacts import write_text_atomic
 from ..errors import ArtifactError
-from . import plots
+from ..run_dir import RunDir
 from .collect import collect
 
 _CSS = """
@@ -55,6 +55,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _sections(d: dict, folder: Path) -> list[str]:
+    from . import plots  # matplotlib: imported only when a report is drawn
     out = []
     s = d["summary"]
     if s:
@@ -124,15 +125,11 @@ def write_report(run: Path, out: Path | None = None) -> Path:
     if not any(d[k] for k in ("layers", "train_log", "summary", "select")):
         raise ArtifactError(f"{run} holds no sqft stage output; give a run directory (the --out "
                             "of `sqft run`).")
-    folder = Path(out) if out else run / "report"
+    folder = Path(out) if out else RunDir(run).report
     folder.mkdir(parents=True, exist_ok=True)
     body = "\n".join(_sections(d, folder))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sqft report: "
             f"{html.escape(run.name)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>"
             f"<body><h1>sqft report: {html.escape(run.name)}</h1><p class='note'>"
             f"{html.escape(d['run'])}, written {time.strftime('%Y-%m-%d %H:%M')}</p>{body}</body></html>")
-    path = folder / "index.html"
-    tmp = folder / "index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(folder / "index.html", page)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..artifacts import STAGE_FILE
+from ..run_dir import PARETO_FILE, SEARCH_LOG, TRAIN_LOG, RunDir
+
 
 def _json(path: Path):
     try:
@@ -24,14 +27,14 @@ def _jsonl(path: Path) -> list[dict]:
         return []
 
 
-def _metrics(run: Path, stage: str) -> dict | None:
-    rec = _json(run / stage / "stage.json")
+def _metrics(run: RunDir, stage: str) -> dict | None:
+    rec = _json(run.stage(stage) / STAGE_FILE)
     return rec.get("metrics") if isinstance(rec, dict) else None
 
 
 def collect(run: Path) -> dict:
     """Everything the report shows, keyed by section; absent parts are None or empty."""
-    run = Path(run)
+    run = RunDir(run)
     sparsify, merge = _metrics(run, "sparsify"), _metrics(run, "merge")
     finetune, select = _metrics(run, "finetune"), _metrics(run, "select")
     layers = None
@@ -42,16 +45,16 @@ def collect(run: Path) -> dict:
         layers = [{"name": n, "before": before[n], "after": after.get(n),
                    "plain_merge": None if n not in plain else 1.0 - plain[n]} for n in before]
     return {
-        "run": str(run.resolve()),
+        "run": str(run.root.resolve()),
         "layers": layers,
         "merge": merge,
-        "train_log": _jsonl(run / "finetune" / "train_log.jsonl"),
+        "train_log": _jsonl(run.finetune / TRAIN_LOG),
         "finetune": finetune,
         "rank_counts": (finetune or {}).get("rank_counts"),
         "select": select,
-        "search_log": _jsonl(run / "select" / "search_log.jsonl"),
-        "pareto": _json(run / "select" / "pareto.json"),
-        "summary": _json(run / "summary.json"),
-        "lm_eval": _json(run / "lm_eval.json"),
-        "verify": _json(run / "openvino" / "verify.json"),
+        "search_log": _jsonl(run.select / SEARCH_LOG),
+        "pareto": _json(run.select / PARETO_FILE),
+        "summary": _json(run.summary),
+        "lm_eval": _json(run.lm_eval),
+        "verify": _json(run.verify),
     }

@@ -6,17 +6,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..artifacts import write_stage_json
-from ..errors import ArtifactError, ConfigError
+from ..artifacts import save_stage
+from ..errors import ConfigError
 from ..targets import find_targets
 from .calibrate import blockwise, input_norms
 from .config import SparsityConfig
+from .masks import save_masks
 from .wanda import wanda_mask
-
-MASKS_FILE = "masks.safetensors"
 
 
 @dataclass
@@ -34,35 +32,21 @@ class SparsityResult:
     targeted_modules: list[str] = field(default_factory=list)
 
     def save(self, out_dir: Path, model: nn.Module, tokenizer=None, *, parent: str | None = None,
-             extra_metrics: dict | None = None, **stage_extra) -> None:
-        """HF `save_pretrained` files + `masks.safetensors` + `stage.json` into `out_dir`.
+             extra_metrics: dict | None = None, **stage_extra) -> Path:
+        """Write the stage atomically: HF `save_pretrained` files, `masks.safetensors`, `stage.json`.
 
         `stage_extra` goes verbatim into `stage.json` (e.g. the pipeline's fingerprint).
         """
-        model.save_pretrained(out_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out_dir)
-        save_masks(self.masks, Path(out_dir))
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            save_masks(self.masks, tmp)
+
         metrics = {"sparsity": self.sparsity, "mean_sparsity": mean_sparsity(self.sparsity)}
-        write_stage_json(out_dir, stage="sparsify", config=asdict(self.config), parent=parent,
-                         metrics={**metrics, **(extra_metrics or {})},
-                         targeted_modules=self.targeted_modules, **stage_extra)
-
-
-def save_masks(masks: dict[str, Tensor], out_dir: Path) -> None:
-    save_file({k: v.contiguous().to(torch.bool) for k, v in masks.items()}, out_dir / MASKS_FILE)
-
-
-def load_masks(stage_dir: Path) -> dict[str, Tensor]:
-    """The stored masks of a stage (bool, True = kept). Never re-derived from W != 0."""
-    path = Path(stage_dir) / MASKS_FILE
-    if not path.is_file():
-        raise ArtifactError(f"`{path}` is missing; rerun the sparsify stage.")
-    masks = load_file(path)
-    bad = [k for k, v in masks.items() if v.dtype != torch.bool]
-    if bad:
-        raise ArtifactError(f"`{path}` holds non-bool masks {bad[:3]}; it was not written by sqft.")
-    return masks
+        return save_stage(out_dir, write, stage="sparsify", config=asdict(self.config), parent=parent,
+                          metrics={**metrics, **(extra_metrics or {})},
+                          targeted_modules=self.targeted_modules, **stage_extra)
 
 
 def zero_fraction(weight: Tensor) -> float:
@@ -71,25 +55,6 @@ def zero_fraction(weight: Tensor) -> float:
 
 def mean_sparsity(per_layer: dict[str, float]) -> float:
     return sum(per_layer.values()) / max(1, len(per_layer))
-
-
-def check_masks_match(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    """Masks must name weights of this model with the same shapes (else: another base model) and
-    the weights must be zero wherever their mask says pruned (else: another sparse model)."""
-    params = dict(model.named_parameters())
-    for name, m in masks.items():
-        if name not in params:
-            raise ArtifactError(f"mask `{name}` names no weight of this model; wrong base model?")
-        if tuple(params[name].shape) != tuple(m.shape):
-            raise ArtifactError(
-                f"mask `{name}` has shape {tuple(m.shape)} but the weight is "
-                f"{tuple(params[name].shape)}; the masks come from another base model."
-            )
-        if (params[name].detach()[~m.to(torch.bool)] != 0).any():
-            raise ArtifactError(
-                f"`{name}` is nonzero where its mask says pruned: the masks belong to another "
-                "sparse model (or the weights changed after sparsify); rerun from sparsify."
-            )
 
 
 def check_nm_fits(targets: dict[str, nn.Module], nm: tuple[int, int] | None) -> None:

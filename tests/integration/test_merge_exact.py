@@ -5,7 +5,7 @@ from torch import nn
 
 import sqft_intel as sq
 
-LOGIT_TOL = 1e-4  # DESIGN §6: merged vs unmerged, fp32
+LOGIT_TOL = 1e-4  # merged vs unmerged, fp32: the same function, summed in another order
 
 
 def sparse_with_adapters(model, mode="sparsepeft", ranks=(8, 6, 4)):

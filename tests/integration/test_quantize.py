@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import sqft_intel as sq
-from sqft_intel.quantization.api import load_int4_, quantize_
+from sqft_intel.quantization.api import quantize_
 from sqft_intel.quantization.config import Int4Config
 from sqft_intel.quantization.modules import Int4Linear
+from sqft_intel.quantization.storage import load_int4_
 
 
 def sparse(model):
@@ -36,7 +37,7 @@ def test_quantized_zeros_are_exactly_the_mask(tiny_llama, method, tmp_path):
         assert torch.isfinite(tiny_llama(input_ids=ids[:2]).logits).all()
 
     # int4.safetensors round trip: the same integers, scales and zeros in a fresh model
-    from sqft_intel.quantization.api import save_int4
+    from sqft_intel.quantization.storage import save_int4
 
     save_int4(tiny_llama, tmp_path)
     from tests.conftest import make_tiny_llama

@@ -33,11 +33,10 @@ def test_arc_easy_train_is_deduplicated():
 
 
 def test_holdout_is_disjoint_from_training_and_validation():
-    from sqft_intel.pipeline import eval_items, holdout_items, train_items
     from sqft_intel.recipe import build_recipe
 
     recipe = build_recipe()
     keys = lambda xs: {(i.query, i.choices) for i in xs}  # noqa: E731
-    train, held, final = keys(train_items(recipe)), keys(holdout_items(recipe)), keys(eval_items(recipe))
+    train, held, final = keys(recipe.splits.train), keys(recipe.splits.holdout), keys(recipe.splits.eval)
     assert len(held) == 200 and len(final) == 570
     assert not train & held and not held & final

@@ -35,7 +35,8 @@ def test_installs_with_the_readme_setup(path):
     readme = (REPO / "README.md").read_text()
     assert "./setup.sh && .venv/bin/sqft run" in readme  # the README's set-up command
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
-    assert ci == "./setup.sh --with-browser && .venv/bin/python -m pytest" and ci in readme
+    assert ci == "./setup.sh --with-browser && .venv/bin/ruff check . && .venv/bin/python -m pytest"
+    assert ci in readme
     assert re.search(r"^RUN (PYTHON=\S+ )?\./setup\.sh", text, re.M), "must install with ./setup.sh"
     assert re.search(r"^USER sqft$", text, re.M), "must not run as root"
 

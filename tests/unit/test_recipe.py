@@ -7,7 +7,7 @@ from sqft_intel.recipe import DEFAULT_RECIPE, QUICK_OVERRIDES, build_recipe, mer
 def test_partial_recipe_merges_over_defaults():
     r = build_recipe({"sparsify": {"sparsity": 0.6}})
     assert r.sparsify.sparsity == 0.6
-    assert r.adapters.rank_space == (32, 24, 16)
+    assert r.finetune.adapters.rank_space == (32, 24, 16)
     assert r.model.name_or_path == "smollm2-135m" and r.data.task == "arc_easy"
 
 
@@ -23,7 +23,8 @@ def test_unknown_section_suggests_the_closest():
 
 def test_finetune_section_feeds_adapter_and_train_configs():
     r = build_recipe({"finetune": {"rank_space": [8, 4], "steps": 7, "mode": "lora"}})
-    assert r.adapters.rank_space == (8, 4) and r.adapters.mode == "lora" and r.train.steps == 7
+    adapters, train = r.finetune.adapters, r.finetune.train
+    assert adapters.rank_space == (8, 4) and adapters.mode == "lora" and train.steps == 7
 
 
 def test_quick_overrides_are_valid_keys():
@@ -50,26 +51,27 @@ def test_scientific_notation_without_dot_is_a_float(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text("finetune:\n  lr: 3e-4\n  steps: 10\n")
     r = build_recipe(load_recipe_file(f))
-    assert r.train.lr == 3e-4 and r.train.steps == 10
+    assert r.finetune.train.lr == 3e-4 and r.finetune.train.steps == 10
 
 
 def test_default_chain_is_int4_qa_sparsepeft():
     """The default recipe: 50 % Wanda -> GPTQ asym g64 -> QA-SparsePEFT -> heuristic -> INT4 merge
     -> exact INT4 OpenVINO export."""
-    from sqft_intel.pipeline import stages_for
+    from sqft_intel.stages import chain
 
     r = build_recipe()
-    assert stages_for(r) == ("sparsify", "quantize", "finetune", "select", "merge", "export")
+    names = tuple(s.name for s in chain(r))
+    assert names == ("sparsify", "quantize", "finetune", "select", "merge", "export")
     assert r.export.format == "auto" and r.export.other_layers == "int8"
     assert (r.sparsify.target_sparsity, r.quantize.method, r.quantize.group_size, r.quantize.sym) == (
         0.5, "gptq", 64, False)
-    assert r.adapters.mode == "qa-sparsepeft" and r.select.strategy == "heuristic"
-    assert r.train.lr == 2e-3 and r.raw["finetune"]["lr"] is None  # the mode's default lr
+    assert r.finetune.adapters.mode == "qa-sparsepeft" and r.select.strategy == "heuristic"
+    assert r.finetune.train.lr == 2e-3 and r.raw["finetune"]["lr"] is None  # the mode's default lr
 
 
 def test_lr_default_follows_the_mode_unless_given():
-    assert build_recipe({"finetune": {"mode": "sparsepeft"}}).train.lr == 3e-4
-    assert build_recipe({"finetune": {"mode": "sparsepeft", "lr": 1e-3}}).train.lr == 1e-3
+    assert build_recipe({"finetune": {"mode": "sparsepeft"}}).finetune.train.lr == 3e-4
+    assert build_recipe({"finetune": {"mode": "sparsepeft", "lr": 1e-3}}).finetune.train.lr == 1e-3
 
 
 @pytest.mark.parametrize("partial, words", [

@@ -1,0 +1,75 @@
+"""The items one recipe trains, calibrates, searches and scores on: read once, then shared.
+
+train    the train split (or `data.train_file`) less the held-out items, at most
+         `finetune.train_items`: what fine-tuning and calibration see;
+holdout  `data.holdout_items` seeded train items (at most a tenth of the split) kept out of
+         training to score sub-adapters in `select` searches; validation questions never go here;
+eval     the validation split (or `data.eval_file`), `eval.items` of it: the final numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import data
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+
+class RunData:
+    """Lazily read splits of one recipe (`Recipe.splits` holds one per recipe)."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    @functools.cached_property
+    def all_eval(self) -> list[data.MCItem]:
+        d = self.recipe.data
+        return data.load_jsonl(d.eval_file) if d.eval_file else data.load_val_items(d.task)
+
+    @functools.cached_property
+    def eval(self) -> list[data.MCItem]:
+        e = self.recipe.eval
+        return data.subsample(self.all_eval, e.items, e.seed)
+
+    @functools.cached_property
+    def _train_and_holdout(self) -> tuple[list[data.MCItem], list[data.MCItem]]:
+        d, train_cfg = self.recipe.data, self.recipe.finetune.train
+        items = data.load_jsonl(d.train_file) if d.train_file else data.load_train_items(d.task)
+        n = min(d.holdout_items, len(items) // 10)  # never more than a tenth of the data
+        train, holdout = data.split_holdout(items, n, avoid=self.all_eval if n else ())
+        return data.subsample(train, train_cfg.train_items, train_cfg.seed), holdout
+
+    @property
+    def train(self) -> list[data.MCItem]:
+        return self._train_and_holdout[0]
+
+    @property
+    def holdout(self) -> list[data.MCItem]:
+        return self._train_and_holdout[1]
+
+    def calibration_ids(self, tokenizer, cfg) -> torch.Tensor:
+        """(calib_samples, calib_seq_len) ids: the train text, shuffled with `cfg.seed`,
+        concatenated with the end token between items and cut in pieces.
+
+        `cfg` is the stage's config (sparsify or quantize): calib_samples, calib_seq_len, seed.
+        """
+        texts = data.calibration_texts(self.train)
+        random.Random(cfg.seed).shuffle(texts)
+        need = cfg.calib_samples * cfg.calib_seq_len
+        ids: list[int] = []
+        for t in texts:
+            ids += tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            if len(ids) >= need:
+                break
+        if len(ids) < need:
+            raise ConfigError(
+                f"the training text has {len(ids)} tokens, calibration needs calib_samples*"
+                f"calib_seq_len={need}; lower `calib_samples` or `calib_seq_len`.")
+        return torch.tensor(ids[:need]).reshape(cfg.calib_samples, cfg.calib_seq_len)
