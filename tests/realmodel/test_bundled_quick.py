@@ -17,7 +17,8 @@ from sqft_intel import load_stage
 from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.realmodel, pytest.mark.slow]
-LOGIT_TOL = 1e-4  # DESIGN §6: merged vs unmerged SparsePEFT, fp32
+LOGIT_TOL = 1e-4  # merged vs unmerged SparsePEFT, fp32: the same function, summed in another order
+ONE_ITEM = 1 / 150 + 1e-9  # accuracies over 150 items: one near-tie may fall the other way
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +109,12 @@ def test_merged_weights_keep_the_stored_masks(quick_run):
 
 @pytest.mark.parametrize("mode", ["qa-sparsepeft", "sparsepeft"])
 def test_merged_equals_unmerged_on_the_real_model(quick_run, fp_run, mode):
-    from sqft_intel.pipeline import _trained_model
     from sqft_intel.recipe import QUICK_OVERRIDES, build_recipe
+    from sqft_intel.stages.finetune import load_trained
 
     out, _ = quick_run if mode == "qa-sparsepeft" else fp_run
     recipe = build_recipe(QUICK_OVERRIDES, {"finetune": {"mode": mode}})
-    unmerged, tok, _ = _trained_model(recipe, out)
+    unmerged, tok, _ = load_trained(recipe, sq.RunDir(out))
     sq.set_active_ranks_(unmerged, load_stage(out / "select").metrics["ranks"])
     merged, _ = sq.load_model(str(out / "merge"))
     ids = tok(["Question: Which gas do plants take in?\nAnswer: carbon dioxide",
@@ -166,9 +167,13 @@ def test_int4_on_the_bundled_model_keeps_every_zero(quick_run, tmp_path, method)
     assert rec.metrics["mean_rel_error"] < 0.2
 
 
-def test_lm_eval_merged_and_openvino_agree(quick_run):
-    """`sqft eval --harness lm-eval` on the bundled run: the merged model and its OpenVINO export
-    within 1 point on the same 150 ARC-Easy items; the merge equals the unmerged trained model."""
+def test_lm_eval_merged_and_openvino_agree(quick_run, tmp_path):
+    """`sqft eval --harness lm-eval` on the bundled run: the merge equals the unmerged trained model
+    and our built-in scorer; the OpenVINO export equals, item by item, the torch model holding
+    the IR's own weights (its embeddings/lm_head are INT8, the merge's fp32: like with like)."""
+    from sqft_intel.evaluation import harness
+    from sqft_intel.recipe import QUICK_OVERRIDES, build_recipe
+
     out, _ = quick_run
     proc = run_cli("eval", "--quick", "--out", str(out), "--no-progress", "--harness", "lm-eval",
                    timeout=1500)
@@ -176,8 +181,23 @@ def test_lm_eval_merged_and_openvino_agree(quick_run):
     v = json.loads((out / "lm_eval.json").read_text())["variants"]
     merged, ov, unmerged = (v[k]["arc_easy"] for k in ("merged", "openvino", "base + adapters (unmerged)"))
     assert merged["n"] == ov["n"] == 150
-    assert abs(merged["acc"] - ov["acc"]) <= 0.01 and abs(merged["acc_norm"] - ov["acc_norm"]) <= 0.01
-    assert abs(merged["acc"] - unmerged["acc"]) <= 0.01
-    # and lm-eval's merged number is the built-in scorer's on the same items
+    # merged == unmerged: the INT4 merge is bit-exact, the forwards differ only in summation order
+    assert abs(merged["acc"] - unmerged["acc"]) <= ONE_ITEM
+    # lm-eval and the built-in scorer compute the same fp32 log-likelihoods (60/60 items within
+    # 1e-3 nats, test_harness); they sum them in another order, which may flip one near-tie
     tuned = json.loads((out / "summary.json").read_text())["rows"][-1]
-    assert merged["acc"] == pytest.approx(tuned["acc"], abs=0.007)
+    assert abs(merged["acc"] - tuned["acc"]) <= ONE_ITEM
+
+    # OpenVINO vs the torch model with the IR's weights, per choice, on 40 of the items
+    items = {"arc_easy": build_recipe(QUICK_OVERRIDES, {"eval": {"items": 40}}).splits.eval}
+    reference, tok = sq.ir_reference(out / "openvino", out / "merge")
+    logprobs = {}
+    for name, lm in (("torch", harness.harness_lm(reference.eval(), tok, batch_size=8)),
+                     ("openvino", harness.harness_lm(openvino_dir=out / "openvino", work=tmp_path,
+                                                     batch_size=8))):
+        res = harness.run_harness(lm, ["arc_easy"], items, tmp_path / name, log_samples=True)
+        logprobs[name] = harness.sample_logprobs(res, "arc_easy")
+    assert len(logprobs["torch"]) == len(logprobs["openvino"]) == 40
+    for doc, lps in logprobs["torch"].items():
+        # `sqft verify`'s logit tolerance: f32 graphs that sum in another order
+        assert lps == pytest.approx(logprobs["openvino"][doc], abs=2e-3), doc
