@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,64 @@ def tiny_int4_run(tmp_path_factory, tiny_model_dir, tiny_task):
                    "--set", "export.enabled=true")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_fp_run(tmp_path_factory, tiny_model_dir, tiny_task):
+    """The tiny FP chain, once per session, through the CLI: `sqft run` on `write_tiny_recipe`'s
+    recipe as it is (sparsify -> SparsePEFT finetune -> select -> merge -> eval -> report, no
+    export). Returns (OUT, stdout). Read it in place; a test that writes into a run works on a
+    copy (`copy_run`). Its stages are up to date for `tiny_recipe`: same model, data and sections.
+    """
+    tmp = tmp_path_factory.mktemp("tiny-fp")
+    recipe = write_tiny_recipe(tmp, tiny_model_dir, *tiny_task)
+    out = tmp / "run"
+    proc = run_cli("run", "--recipe", str(recipe), "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def copy_run(src: Path, dst: Path, stages: tuple[str, ...] | None = None) -> Path:
+    """Copy a finished run (or only the folders of `stages`) to `dst`; returns `dst`.
+
+    Contents and file times are kept: the copied stages are up to date for the recipe that wrote
+    them (their fingerprints are in their stage.json), so a stage run on the copy reuses them.
+    """
+    from sqft_intel.run_dir import RunDir
+
+    if stages is None:
+        shutil.copytree(src, dst)
+    else:
+        for name in stages:
+            shutil.copytree(RunDir(src).stage(name), RunDir(dst).stage(name))
+    return dst
+
+
+@pytest.fixture
+def sqft_main(capsys):
+    """`sqft ARGS...` in this process: `sqft_main(*args)` -> (exit code, stdout, stderr).
+
+    The same parsing, recipe building, validation and error reporting as the `sqft` command,
+    without a subprocess spending seconds importing torch (`run_cli` covers the entry point).
+    The logger and torch threads that `cli.main` sets up are put back afterwards.
+    """
+    import logging
+
+    from sqft_intel import cli
+
+    logger = logging.getLogger("sqft_intel")
+    saved = (logger.level, list(logger.handlers), logger.propagate, torch.get_num_threads())
+
+    def main(*args: str) -> tuple[int, str, str]:
+        code = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    yield main
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
+    torch.set_num_threads(saved[3])
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 900):

@@ -1,10 +1,17 @@
 """Bad input fails before any heavy work: typed error naming the value and the fix, exit 2,
-nothing written."""
+nothing written.
+
+The cases run `sqft` in this process (`sqft_main`: no subprocess importing torch each time); a
+few go through a real `python -m sqft_intel.cli` process so the entry point stays covered.
+"""
+
+import re
 
 import pytest
 import yaml
 
-from tests.conftest import run_cli, write_jsonl
+from sqft_intel.run_dir import RunDir
+from tests.conftest import copy_run, run_cli, write_jsonl
 
 CASES = [
     ("missing model path", {"model": {"name_or_path": "./no/such/model"}},
@@ -54,17 +61,35 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, override, match", CASES, ids=[c[0] for c in CASES])
-def test_bad_recipe_fails_early_and_writes_nothing(tmp_path, tiny_recipe, name, override, match):
-    import re
-
+def bad_recipe(tmp_path, tiny_recipe, override):
     base = yaml.safe_load(tiny_recipe.read_text())
     for section, values in override.items():
         base.setdefault(section, {}).update(values)
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(yaml.safe_dump(base))
+    return recipe
+
+
+@pytest.mark.parametrize("name, override, match", CASES, ids=[c[0] for c in CASES])
+def test_bad_recipe_fails_early_and_writes_nothing(tmp_path, tiny_recipe, sqft_main, name, override,
+                                                   match):
     out = tmp_path / "out"
-    proc = run_cli("run", "--recipe", str(recipe), "--out", str(out))
+    code, _, err = sqft_main("run", "--recipe", bad_recipe(tmp_path, tiny_recipe, override),
+                             "--out", out)
+    assert code == 2, err[-2000:]
+    assert err.startswith("sqft: error:")
+    assert re.search(match, err), err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[-1]], ids=[CASES[0][0], CASES[-1][0]])
+def test_bad_recipe_through_the_console_entry_point(tmp_path, tiny_recipe, case):
+    """The same refusal from a real `sqft` process: exit status 2, one line, no traceback."""
+    _, override, match = case
+    out = tmp_path / "out"
+    proc = run_cli("run", "--recipe", str(bad_recipe(tmp_path, tiny_recipe, override)),
+                   "--out", str(out))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith("sqft: error:")
     assert re.search(match, proc.stderr), proc.stderr
@@ -72,28 +97,28 @@ def test_bad_recipe_fails_early_and_writes_nothing(tmp_path, tiny_recipe, name, 
     assert not out.exists()
 
 
-def test_empty_dataset(tmp_path, tiny_recipe):
+def test_empty_dataset(tmp_path, tiny_recipe, sqft_main):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
-    proc = run_cli("run", "--recipe", str(tiny_recipe), "--set", f"data.train_file={empty}",
-                   "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2
-    assert f"data file `{empty}` holds no rows" in proc.stderr
+    code, _, err = sqft_main("run", "--recipe", tiny_recipe, "--set", f"data.train_file={empty}",
+                             "--out", tmp_path / "out")
+    assert code == 2
+    assert f"data file `{empty}` holds no rows" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_malformed_row_names_the_line(tmp_path, tiny_recipe):
+def test_malformed_row_names_the_line(tmp_path, tiny_recipe, sqft_main):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "choices": ["a", "b"], "gold": 0}\n{"query": "q"}\n')
-    proc = run_cli("run", "--recipe", str(tiny_recipe), "--set", f"data.train_file={bad}",
-                   "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "line 2" in proc.stderr and "`choices`" in proc.stderr
+    code, _, err = sqft_main("run", "--recipe", tiny_recipe, "--set", f"data.train_file={bad}",
+                             "--out", tmp_path / "out")
+    assert code == 2 and "line 2" in err and "`choices`" in err
 
 
-def test_output_under_a_file_is_refused(tmp_path, tiny_recipe):
+def test_output_under_a_file_is_refused(tmp_path, tiny_recipe, sqft_main):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proc = run_cli("run", "--recipe", str(tiny_recipe), "--out", str(blocker / "run"))
-    assert proc.returncode == 2 and f"`{blocker}` is a file" in proc.stderr
+    code, _, err = sqft_main("run", "--recipe", tiny_recipe, "--out", blocker / "run")
+    assert code == 2 and f"`{blocker}` is a file" in err
     assert blocker.read_text() == "not a directory"
 
 
@@ -102,57 +127,54 @@ def test_missing_recipe_file(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-def test_failed_rerun_keeps_the_good_stage(tmp_path, tiny_recipe):
+def test_failed_rerun_keeps_the_good_stage(tmp_path, tiny_recipe, sqft_main):
     """A stage that fails midway leaves the previous good stage directory untouched."""
     out = tmp_path / "out"
-    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+    assert sqft_main("sparsify", "--recipe", tiny_recipe, "--out", out)[0] == 0
     before = (out / "sparsify" / "stage.json").read_text()
     # too little calibration text for the request: fails inside the stage, after validation
-    proc = run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out),
-                   "--set", "sparsify.calib_samples=100000")
-    assert proc.returncode == 2 and "calib_samples" in proc.stderr
+    code, _, err = sqft_main("sparsify", "--recipe", tiny_recipe, "--out", out,
+                             "--set", "sparsify.calib_samples=100000")
+    assert code == 2 and "calib_samples" in err
     assert (out / "sparsify" / "stage.json").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["sparsify"]
 
 
-def test_adapters_from_another_sparse_base_are_refused(tmp_path, tiny_recipe):
+def test_adapters_from_another_sparse_base_are_refused(tmp_path, tiny_recipe, tiny_fp_run,
+                                                       sqft_main):
     """Re-sparsifying under trained adapters, then selecting: refused (masks sha256 differ)."""
-    out = tmp_path / "out"
-    for stage in ("sparsify", "finetune"):
-        assert run_cli(stage, "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
-    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out),
-                   "--set", "sparsify.sparsity=0.6").returncode == 0
-    proc = run_cli("select", "--recipe", str(tiny_recipe), "--out", str(out),
-                   "--set", "sparsify.sparsity=0.6")
-    assert proc.returncode == 2 and "trained on another sparse base" in proc.stderr
+    out = copy_run(tiny_fp_run[0], tmp_path / "out", stages=("sparsify", "finetune"))
+    assert sqft_main("sparsify", "--recipe", tiny_recipe, "--out", out,
+                     "--set", "sparsify.sparsity=0.6")[0] == 0
+    code, _, err = sqft_main("select", "--recipe", tiny_recipe, "--out", out,
+                             "--set", "sparsify.sparsity=0.6")
+    assert code == 2 and "trained on another sparse base" in err
     assert not (out / "select").exists()
 
 
-def test_qa_without_a_quantize_stage(tmp_path, tiny_recipe):
-    out = tmp_path / "out"
-    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
-    proc = run_cli("finetune", "--recipe", str(tiny_recipe), "--out", str(out),
-                   "--set", "finetune.mode=qa-sparsepeft", "--set", "quantize.group_size=32")
-    assert proc.returncode == 2
-    assert f"`{out / 'quantize'}` is not a stage directory" in proc.stderr and "run the stage" in proc.stderr
+def test_qa_without_a_quantize_stage(tmp_path, tiny_recipe, tiny_fp_run, sqft_main):
+    out = copy_run(tiny_fp_run[0], tmp_path / "out", stages=("sparsify",))
+    code, _, err = sqft_main("finetune", "--recipe", tiny_recipe, "--out", out,
+                             "--set", "finetune.mode=qa-sparsepeft", "--set", "quantize.group_size=32")
+    assert code == 2
+    assert f"`{RunDir(out).quantize}` is not a stage directory" in err and "run the stage" in err
     assert not (out / "finetune").exists()
 
 
-def test_quantize_stage_with_masks_of_another_model(tmp_path, tiny_recipe):
+def test_quantize_stage_with_masks_of_another_model(tmp_path, tiny_recipe, tiny_fp_run, sqft_main):
     """Masks swapped for another sparsity's (checksums re-recorded, so only the content differs)."""
     import json
 
     from sqft_intel.artifacts import sha256_file
 
-    common = ["--recipe", str(tiny_recipe), "--set", "quantize.group_size=32"]
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert run_cli("sparsify", *common, "--out", str(b), "--set", "sparsify.sparsity=0.7").returncode == 0
-    for stage in ("sparsify", "quantize"):
-        assert run_cli(stage, *common, "--out", str(a)).returncode == 0
+    common = ["--recipe", tiny_recipe, "--set", "quantize.group_size=32"]
+    a, b = copy_run(tiny_fp_run[0], tmp_path / "a", stages=("sparsify",)), tmp_path / "b"
+    assert sqft_main("sparsify", *common, "--out", b, "--set", "sparsify.sparsity=0.7")[0] == 0
+    assert sqft_main("quantize", *common, "--out", a)[0] == 0
     (b / "sparsify" / "masks.safetensors").replace(a / "quantize" / "masks.safetensors")
     rec = json.loads((a / "quantize" / "stage.json").read_text())
     rec["sha256"]["masks.safetensors"] = sha256_file(a / "quantize" / "masks.safetensors")
     (a / "quantize" / "stage.json").write_text(json.dumps(rec))
-    proc = run_cli("finetune", *common, "--out", str(a), "--set", "finetune.mode=qa-sparsepeft")
-    assert proc.returncode == 2 and "is nonzero where its mask says pruned" in proc.stderr
+    code, _, err = sqft_main("finetune", *common, "--out", a, "--set", "finetune.mode=qa-sparsepeft")
+    assert code == 2 and "is nonzero where its mask says pruned" in err
     assert not (a / "finetune").exists()

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import copy_run, run_cli
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -28,18 +28,20 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def searched_run(tmp_path_factory, tiny_model_dir, tiny_task):
-    """A tiny FP run with an evolutionary search, so every section of the report has data."""
+def searched_run(tmp_path_factory, tiny_model_dir, tiny_task, tiny_fp_run):
+    """A tiny FP run with an evolutionary search, so every section of the report has data: `sqft
+    run` on a copy of the session's FP run reuses its sparsify and finetune stages (its held-out
+    split is 6 items: a tenth of the 64 train rows), then searches, merges and evaluates."""
     from tests.conftest import write_tiny_recipe
 
     tmp = tmp_path_factory.mktemp("report")
     recipe = write_tiny_recipe(tmp, tiny_model_dir, *tiny_task)
-    out = tmp / "run"
+    out = copy_run(tiny_fp_run[0], tmp / "run", stages=("sparsify", "finetune"))
     proc = run_cli("run", "--recipe", str(recipe), "--out", str(out), "--no-progress",
                    "--set", "select.strategy=evolution", "--set", "select.budget=8",
-                   "--set", "select.population=4", "--set", "data.holdout_items=6",
-                   "--set", "finetune.steps=8")
+                   "--set", "select.population=4")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("up to date") == 2  # sparsify and finetune: the session's
     assert "report in" in proc.stdout
     return out
 
@@ -84,9 +86,8 @@ def test_report_of_an_empty_directory_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "holds no sqft stage output" in proc.stderr
 
 
-def test_report_of_a_half_finished_run_shows_what_exists(tmp_path, tiny_recipe):
-    out = tmp_path / "run"
-    assert run_cli("sparsify", "--recipe", str(tiny_recipe), "--out", str(out)).returncode == 0
+def test_report_of_a_half_finished_run_shows_what_exists(tmp_path, tiny_fp_run):
+    out = copy_run(tiny_fp_run[0], tmp_path / "run", stages=("sparsify",))
     proc = run_cli("report", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = (out / "report" / "index.html").read_text()
