@@ -35,7 +35,7 @@ pip install -q --upgrade pip
 # TORCH_INDEX_URL picks another build of the same version, e.g. https://download.pytorch.org/whl/cpu
 # (a plain PyPI machine) or https://download.pytorch.org/whl/xpu (Intel GPUs; docker/Dockerfile.xpu).
 pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-pip install -q -e '.[openvino,eval,dev]'
+pip install -q -e '.[openvino,eval,dev,serve]'
 pip install -q --no-deps --require-hashes -r requirements/assets.txt
 echo "$want" > "$stamp"
 echo "sqft_intel set up in $VENV"

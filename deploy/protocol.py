@@ -1,12 +1,15 @@
-"""OpenAI-style request parsing and validation: pure functions, no model, no sockets.
+"""OpenAI-style request parsing and response shapes: pure functions, no model, no sockets.
 
-Kept apart from the server so it can be fuzzed (tests/unit/test_protocol_fuzz.py) and reused.
+Kept apart from the servers so it can be fuzzed (tests/unit/test_fuzz.py) and shared by
+deploy/server.py (continuous batching) and deploy/serial_server.py (the serialized baseline).
 Every rejection is a `RequestError` with the HTTP status and a message that names the field.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass
 
 
@@ -15,9 +18,11 @@ class RequestError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
 
+    def payload(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "code": self.status}}
+
     def body(self) -> bytes:
-        return json.dumps({"error": {"message": self.message, "type": self.kind,
-                                     "code": self.status}}).encode()
+        return json.dumps(self.payload()).encode()
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,39 @@ class GenerationRequest:
     max_tokens: int
     stream: bool
     model: str | None
+    include_usage: bool = False  # `stream_options.include_usage`: a last chunk with the usage
 
 
 _ROLES = ("system", "user", "assistant")
+
+
+def _max_tokens(kind: str, data: dict, limits: Limits) -> int:
+    # chat clients now send `max_completion_tokens` (OpenAI's newer name); both mean the same
+    names = [n for n in ("max_tokens", "max_completion_tokens") if n in data and kind == "chat"]
+    if len(names) == 2:
+        raise RequestError(422, "give `max_tokens` or `max_completion_tokens`, not both.")
+    name = names[0] if names else "max_tokens"
+    value = data.get(name, 16 if kind == "completion" else 128)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(422, f"`{name}` must be a positive integer, got {value!r}.")
+    if value > limits.max_new_tokens:
+        raise RequestError(422, f"`{name}`={value} exceeds this server's limit of "
+                                f"{limits.max_new_tokens}.")
+    return value
+
+
+def _include_usage(data: dict, stream: bool) -> bool:
+    options = data.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise RequestError(422, "`stream_options` is only allowed with `\"stream\": true`.")
+    if not isinstance(options, dict):
+        raise RequestError(422, "`stream_options` must be an object such as {\"include_usage\": true}.")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise RequestError(422, f"`stream_options.include_usage` must be true or false, got {include!r}.")
+    return include
 
 
 def parse_request(kind: str, body: bytes, limits: Limits) -> GenerationRequest:
@@ -61,15 +96,11 @@ def parse_request(kind: str, body: bytes, limits: Limits) -> GenerationRequest:
         raise RequestError(400, f"request body is not valid UTF-8 JSON ({type(e).__name__}).") from e
     if not isinstance(data, dict):
         raise RequestError(400, "request body must be a JSON object.")
-    max_tokens = data.get("max_tokens", 16 if kind == "completion" else 128)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise RequestError(422, f"`max_tokens` must be a positive integer, got {max_tokens!r}.")
-    if max_tokens > limits.max_new_tokens:
-        raise RequestError(422, f"`max_tokens`={max_tokens} exceeds this server's limit of "
-                                f"{limits.max_new_tokens}.")
+    max_tokens = _max_tokens(kind, data, limits)
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(422, f"`stream` must be true or false, got {stream!r}.")
+    include_usage = _include_usage(data, stream)
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError(422, "`model` must be a string.")
@@ -82,7 +113,7 @@ def parse_request(kind: str, body: bytes, limits: Limits) -> GenerationRequest:
         if len(prompt) > limits.max_prompt_chars:
             raise RequestError(413, f"`prompt` has {len(prompt)} characters; the limit is "
                                     f"{limits.max_prompt_chars}.")
-        return GenerationRequest(kind, prompt, (), max_tokens, stream, model)
+        return GenerationRequest(kind, prompt, (), max_tokens, stream, model, include_usage)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(422, "`messages` must be a non-empty list of {role, content} objects.")
@@ -98,4 +129,74 @@ def parse_request(kind: str, body: bytes, limits: Limits) -> GenerationRequest:
     if chars > limits.max_prompt_chars:
         raise RequestError(413, f"the messages have {chars} characters; the limit is "
                                 f"{limits.max_prompt_chars}.")
-    return GenerationRequest(kind, None, tuple(parsed), max_tokens, stream, model)
+    return GenerationRequest(kind, None, tuple(parsed), max_tokens, stream, model, include_usage)
+
+
+# ---------------------------------------------------------------- responses
+
+
+def finish_reason(n_generated: int, max_tokens: int) -> str:
+    """OpenAI's `finish_reason`: "length" when generation used all of `max_tokens`, else "stop"
+    (the model ended its answer). One rule for the streamed and the plain response."""
+    return "length" if n_generated >= max_tokens else "stop"
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    """What every response and chunk of one request repeats: id, object type, time, model."""
+
+    kind: str
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, kind: str, model: str) -> ResponseHead:
+        prefix = "cmpl" if kind == "completion" else "chatcmpl"
+        return cls(kind, f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), model)
+
+    @property
+    def object(self) -> str:
+        return "text_completion" if self.kind == "completion" else "chat.completion"
+
+    def _base(self, suffix: str = "") -> dict:
+        return {"id": self.id, "object": self.object + suffix, "created": self.created,
+                "model": self.model}
+
+    def response(self, text: str, finish: str, n_prompt: int, n_out: int) -> dict:
+        choice: dict = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if self.kind == "completion":
+            choice["text"] = text
+        else:
+            choice["message"] = {"role": "assistant", "content": text}
+        return {**self._base(), "choices": [choice], "usage": usage(n_prompt, n_out)}
+
+    def chunk(self, piece: str, *, first: bool = False) -> dict:
+        """A streamed piece of text (chat: the first delta also carries the role)."""
+        if self.kind == "completion":
+            delta = {"text": piece}
+        else:
+            delta = {"delta": {"role": "assistant", "content": piece} if first else {"content": piece}}
+        return {**self._base(".chunk"), "choices": [{"index": 0, **delta, "finish_reason": None}]}
+
+    def last_chunk(self, finish: str) -> dict:
+        """The chunk that ends the choice: no text, only the finish_reason."""
+        delta = {"text": ""} if self.kind == "completion" else {"delta": {}}
+        return {**self._base(".chunk"), "choices": [{"index": 0, **delta, "finish_reason": finish}]}
+
+    def usage_chunk(self, n_prompt: int, n_out: int) -> dict:
+        """OpenAI's `stream_options.include_usage` chunk: no choices, the request's usage."""
+        return {**self._base(".chunk"), "choices": [], "usage": usage(n_prompt, n_out)}
+
+
+def usage(n_prompt: int, n_out: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+
+
+def sse(payload: dict | str) -> bytes:
+    """One server-sent event: `data: <json>` (or `data: [DONE]`) and a blank line."""
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    return b"data: " + text.encode() + b"\n\n"
+
+
+DONE = sse("[DONE]")
