@@ -8,6 +8,7 @@ Every rejection is a `RequestError` with the HTTP status and a message that name
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -200,3 +201,26 @@ def sse(payload: dict | str) -> bytes:
 
 
 DONE = sse("[DONE]")
+
+
+# ---------------------------------------------------------------- start-up rules (both servers)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning printed when the server is reachable from other machines without a key."""
+    if host in LOOPBACK or api_key is not None:
+        return None
+    return (f"warning: serving on {host} without an API key: anyone who can reach this port can "
+            "use the model.")
+
+
+def api_key_from_env(parser, var: str | None) -> str | None:
+    """The API key named by `--api-key-env VAR`; an unset or empty variable is a usage error (a
+    server the user asked to protect never starts unprotected)."""
+    if not var:
+        return None
+    key = os.environ.get(var)
+    if not key:
+        parser.error(f"--api-key-env {var}: that variable is unset or empty.")
+    return key

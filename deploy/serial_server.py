@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import json
-import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from deploy.protocol import (
     Limits,
     RequestError,
     ResponseHead,
+    api_key_from_env,
+    exposure_warning,
     finish_reason,
     parse_request,
     sse,
@@ -235,14 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     from sqft_intel import export_dir_of
 
     export = export_dir_of(args.export)
-    key = None
-    if args.api_key_env:
-        key = os.environ.get(args.api_key_env)
-        if not key:
-            ap.error(f"--api-key-env {args.api_key_env}: that variable is unset or empty.")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and key is None:
-        print(f"warning: serving on {args.host} without an API key: anyone who can reach this "
-              "port can use the model.", file=sys.stderr)
+    key = api_key_from_env(ap, args.api_key_env)
+    if (warning := exposure_warning(args.host, key)) is not None:
+        print(warning, file=sys.stderr)
     config = SerialConfig(host=args.host, port=args.port, api_key=key, queue_size=args.queue_size,
                           device=args.device, limits=Limits(max_new_tokens=args.max_new_tokens,
                                                             max_prompt_tokens=args.max_prompt_tokens))

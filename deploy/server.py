@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import hmac
 import logging
-import os
 import socket
 import sys
 import threading
@@ -37,10 +36,19 @@ from starlette.routing import Route
 
 from deploy.engine import BatchingEngine, EngineConfig, Generation
 from deploy.metrics import CONTENT_TYPE, ServerMetrics
-from deploy.protocol import DONE, GenerationRequest, Limits, RequestError, ResponseHead, parse_request, sse
+from deploy.protocol import (
+    DONE,
+    GenerationRequest,
+    Limits,
+    RequestError,
+    ResponseHead,
+    api_key_from_env,
+    exposure_warning,
+    parse_request,
+    sse,
+)
 
 log = logging.getLogger("deploy.server")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
 
 
@@ -86,14 +94,6 @@ class Admission:
     def release(self) -> None:
         with self._lock:
             self.in_use -= 1
-
-
-def exposure_warning(host: str, api_key: str | None) -> str | None:
-    """The warning printed when the server is reachable from other machines without a key."""
-    if host in LOOPBACK or api_key is not None:
-        return None
-    return (f"warning: serving on {host} without an API key: anyone who can reach this port can "
-            "use the model.")
 
 
 # ---------------------------------------------------------------- HTTP plumbing
@@ -421,11 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     from sqft_intel import export_dir_of
 
     export = export_dir_of(args.export)
-    key = None
-    if args.api_key_env:
-        key = os.environ.get(args.api_key_env)
-        if not key:
-            ap.error(f"--api-key-env {args.api_key_env}: that variable is unset or empty.")
+    key = api_key_from_env(ap, args.api_key_env)
     if (warning := exposure_warning(args.host, key)) is not None:
         print(warning, file=sys.stderr)
     try:  # bad numbers are refused before the model loads

@@ -15,8 +15,8 @@ pytest.importorskip("openvino_genai")
 
 from deploy.engine import BatchingEngine  # noqa: E402
 from deploy.load_test import run_load  # noqa: E402
-from deploy.protocol import Limits, parse_request  # noqa: E402
-from deploy.server import BackgroundServer, ServerConfig, exposure_warning, main, make_app  # noqa: E402
+from deploy.protocol import Limits, exposure_warning, parse_request  # noqa: E402
+from deploy.server import BackgroundServer, ServerConfig, main, make_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
