@@ -83,7 +83,6 @@ def verify_export(export_dir: Path, merge_dir: Path | None = None, *, prompts=No
        check isolates the graph (check 3 is what ties those weights to the merge);
     5. greedy decoding of a few tokens gives the same ids.
     """
-    from ..models import load_model
     from ..sparsity.masks import load_masks
 
     export_dir = Path(export_dir)
@@ -129,11 +128,10 @@ def verify_export(export_dir: Path, merge_dir: Path | None = None, *, prompts=No
                             f"{report.int4_checked - len(report.int4_mismatch)}/{len(int4)} layers "
                             "bit-identical to the merge stage"))
 
-    reference, tok = load_model(str(merge_dir))
+    reference, tok = _reference(merge_dir, ir, report.format, set(int4))
+    # the weights check reads the merge's values from its files; `reference` only names them
     _check_weights(report, ir, reference, merge_dir, covered=set(int4))
     report.parity_required = report.format != "sparse-int8"
-    if report.parity_required:  # W8A8's IR weights are SmoothQuant-rescaled: keep torch's own
-        _take_ir_weights_(reference, ir, keep=set(int4))
     diff, greedy = _parity(export_dir, reference, tok, prompts, greedy_tokens)
     report.max_abs_logit_diff, report.greedy_match = diff, greedy
     info = "" if report.parity_required else " (W8A8 quantizes activations: information only)"
@@ -266,15 +264,20 @@ def ir_reference(export_dir: Path, merge_dir: Path | None = None):
     of an int4 export, every weight of an fp16 export). OpenVINO should reproduce it up to float
     summation order: the like-for-like reference for logits and accuracy. A `sparse-int8` export
     keeps torch's own weights (its IR weights are SmoothQuant-rescaled)."""
-    from ..models import load_model
-
     export_dir = Path(export_dir)
     fmt = load_stage(export_dir, expect="export", require=(MODEL_XML,)).config["format"]
     merge_dir = Path(merge_dir) if merge_dir is not None else merge_dir_of_export(export_dir)
+    int4 = set(read_int4(merge_dir)) if fmt == "int4" else set()
+    return _reference(merge_dir, read_ir_weights(export_dir / MODEL_XML), fmt, int4)
+
+
+def _reference(merge_dir: Path, ir: dict[str, IRWeight], fmt: str, int4_layers: set[str]):
+    """`ir_reference` from what `verify_export` has already read."""
+    from ..models import load_model
+
     model, tok = load_model(str(merge_dir))
-    if fmt != "sparse-int8":
-        keep = set(read_int4(merge_dir)) if fmt == "int4" else set()
-        _take_ir_weights_(model, read_ir_weights(export_dir / MODEL_XML), keep=keep)
+    if fmt != "sparse-int8":  # W8A8's IR weights are SmoothQuant-rescaled: keep torch's own
+        _take_ir_weights_(model, ir, keep=int4_layers)
     return model, tok
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..adapters.api import count_adapter_params, rank_groups, save_peft_adapter, set_active_ranks_
-from ..artifacts import save_stage
+from ..artifacts import load_stage, save_stage
 from ..device import resolve_device, resolve_precision
 from ..errors import ConfigError
 from ..evaluation.scoring import score_mc
@@ -107,6 +107,4 @@ def _write_search(stage: Path, recipe: Recipe, res) -> dict:
 
 def selected_ranks(run_dir: RunDir) -> dict[str, int]:
     """group -> rank of the sub-adapter the select stage chose."""
-    from ..artifacts import load_stage
-
     return load_stage(run_dir.select, expect="select").metrics["ranks"]
