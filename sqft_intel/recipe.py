@@ -53,14 +53,25 @@ class DataConfig:
     holdout_items: items held out of the train split (seeded, at most a tenth of it, never
         trained on) to score sub-adapters in `select` searches; the final numbers always come from
         the validation split, whose questions are never held out.
+    prompt_format: how training items are rendered: `plain` (the query text, then " " + the
+        answer), `chat` (the query as one user turn through the tokenizer's chat template, the
+        answer as the assistant's reply), `mixed` (a seeded half of the items each way), or
+        `auto` (default): `mixed` when the tokenizer has a chat template (an instruct model,
+        whose export GenAI, optimum and the server's chat route ask through that template, and
+        whose completion route gets plain text), else `plain`. Every answer ends with the end
+        token the export stops at. How items are scored is `eval.prompt_format`.
     """
 
     task: str = "arc_easy"
     train_file: str | None = None
     eval_file: str | None = None
     holdout_items: int = 200
+    prompt_format: Literal["auto", "plain", "chat", "mixed"] = "auto"
 
     def __post_init__(self):
+        if self.prompt_format not in ("auto", "plain", "chat", "mixed"):
+            raise ConfigError(f"`data.prompt_format`={self.prompt_format!r}; use 'auto', 'plain', "
+                              "'chat' or 'mixed'.")
         if isinstance(self.holdout_items, bool) or not isinstance(self.holdout_items, int) \
                 or self.holdout_items < 0:
             raise ConfigError(f"`data.holdout_items`={self.holdout_items!r} must be an int >= 0.")
@@ -72,15 +83,20 @@ class SelectConfig:
     strategy: `heuristic` (median rank of each space, SQFT's default), `maximal`, `minimal`,
         `custom` (then `ranks` is one int for all elastic groups or a dict group -> rank), or a
         search from the heuristic configuration scored on `data.holdout_items` held-out train
-        items: `hill-climb` or `evolution`.
-    budget: searches: configurations evaluated, the heuristic start included.
+        items: `hill-climb` or `evolution`. `candidates` (NNCF's NLS example) scores only a few
+        configurations on those items and keeps the best: the heuristic, the one sampled most
+        often in training, and the configurations of the 5 logged training steps with the lowest
+        loss (one batch each: a noisy ranking), each once; without ranks in the finetune log
+        (an older run) only the first two.
+    budget: searches: configurations evaluated, the heuristic start included; `candidates`:
+        at most this many (7 at most in any case).
     metric: searches: `acc` or `acc_norm` on the held-out items (ties: fewer adapter parameters).
     population: `evolution`: configurations kept per generation.
     seed: searches: move order, random configurations and mutations.
     """
 
-    strategy: Literal["heuristic", "maximal", "minimal", "custom", "hill-climb", "evolution"] = \
-        "heuristic"
+    strategy: Literal["heuristic", "maximal", "minimal", "custom", "hill-climb", "evolution",
+                      "candidates"] = "heuristic"
     ranks: int | dict[str, int] | None = None
     budget: int = 24
     metric: Literal["acc", "acc_norm"] = "acc"
@@ -88,7 +104,8 @@ class SelectConfig:
     seed: int = 0
 
     def __post_init__(self):
-        allowed = ("heuristic", "maximal", "minimal", "custom", "hill-climb", "evolution")
+        allowed = ("heuristic", "maximal", "minimal", "custom", "hill-climb", "evolution",
+                   "candidates")
         if self.strategy not in allowed:
             raise ConfigError(f"`select.strategy`={self.strategy!r}; use one of {list(allowed)}.")
         for name in ("budget", "population"):
@@ -109,7 +126,8 @@ class SelectConfig:
 
     @property
     def is_search(self) -> bool:
-        return self.strategy in ("hill-climb", "evolution")
+        """Scores sub-adapters on held-out items (a search or `candidates`)."""
+        return self.strategy in ("hill-climb", "evolution", "candidates")
 
 
 @dataclass(frozen=True)
@@ -128,6 +146,8 @@ class EvalConfig:
     tasks: lm-eval tasks (empty: `data.task`). Bundled task names run as local task definitions
         over the same items as the built-in scorer; other names come from lm-eval's registry (and
         download their data, so they need a reachable hub).
+    prompt_format: how validation and held-out items are scored: `plain` (default: the task's
+        own prompts, as lm-eval scores them) or `chat` (each query through the chat template).
     """
 
     items: int | None = None
@@ -137,12 +157,15 @@ class EvalConfig:
     seed: int = 0
     harness: Literal["builtin", "lm-eval"] = "builtin"
     tasks: tuple[str, ...] = ()
+    prompt_format: Literal["plain", "chat"] = "plain"
 
     def __post_init__(self):
         if self.items is not None and (not isinstance(self.items, int) or self.items < 1):
             raise ConfigError(f"`eval.items`={self.items!r} must be null or a positive int.")
         if self.harness not in ("builtin", "lm-eval"):
             raise ConfigError(f"`eval.harness`={self.harness!r}; use 'builtin' or 'lm-eval'.")
+        if self.prompt_format not in ("plain", "chat"):
+            raise ConfigError(f"`eval.prompt_format`={self.prompt_format!r}; use 'plain' or 'chat'.")
         object.__setattr__(self, "tasks", tuple(self.tasks))
 
 

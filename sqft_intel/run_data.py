@@ -29,9 +29,42 @@ class RunData:
         self.recipe = recipe
 
     @functools.cached_property
-    def all_eval(self) -> list[data.MCItem]:
+    def _raw_eval(self) -> list[data.MCItem]:
         d = self.recipe.data
         return data.load_jsonl(d.eval_file) if d.eval_file else data.load_val_items(d.task)
+
+    @functools.cached_property
+    def all_eval(self) -> list[data.MCItem]:
+        return self._render(self._raw_eval, self.recipe.eval.prompt_format)
+
+    @functools.cached_property
+    def prompt_format(self) -> str:
+        """`data.prompt_format` resolved: `auto` is `mixed` for a tokenizer with a chat template
+        (an instruct model), else `plain`."""
+        fmt = self.recipe.data.prompt_format
+        if fmt == "auto":
+            fmt = "mixed" if getattr(self._tokenizer, "chat_template", None) else "plain"
+        return fmt
+
+    def _render(self, items: list[data.MCItem], fmt: str, seed: int = 0) -> list[data.MCItem]:
+        """`items` in prompt format `fmt`; `mixed`: a seeded half of them as chat."""
+        if fmt == "plain" or not items:
+            return items
+        chat = data.render_chat(items, self._tokenizer, source=self.recipe.model.name_or_path)
+        if fmt == "chat":
+            return chat
+        coin = random.Random(seed)
+        return [c if coin.random() < 0.5 else p for p, c in zip(items, chat, strict=True)]
+
+    @functools.cached_property
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from .models import resolve_model
+
+        m = self.recipe.model
+        return AutoTokenizer.from_pretrained(resolve_model(m.name_or_path),
+                                             trust_remote_code=m.trust_remote_code)
 
     @functools.cached_property
     def eval(self) -> list[data.MCItem]:
@@ -43,8 +76,11 @@ class RunData:
         d, train_cfg = self.recipe.data, self.recipe.finetune.train
         items = data.load_jsonl(d.train_file) if d.train_file else data.load_train_items(d.task)
         n = min(d.holdout_items, len(items) // 10)  # never more than a tenth of the data
-        train, holdout = data.split_holdout(items, n, avoid=self.all_eval if n else ())
-        return data.subsample(train, train_cfg.train_items, train_cfg.seed), holdout
+        train, holdout = data.split_holdout(items, n, avoid=self._raw_eval if n else ())
+        train = data.subsample(train, train_cfg.train_items, train_cfg.seed)
+        # trained as `data.prompt_format` says; held-out items are scored like the validation split
+        return (self._render(train, self.prompt_format, train_cfg.seed),
+                self._render(holdout, self.recipe.eval.prompt_format))
 
     @property
     def train(self) -> list[data.MCItem]:

@@ -200,3 +200,19 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
     full_env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "sqft_intel.cli", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+def merge_keeping_logits(model, masks, tol: float):
+    """`merge_` the model's adapters and check its logits did not move by more than `tol`."""
+    import torch
+
+    import sqft_intel as sq
+
+    ids = torch.randint(300, (3, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    res = sq.merge_(model, masks=masks)
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, atol=tol, rtol=0)
+    return res

@@ -90,7 +90,8 @@ def add_adapters_(
             qa_base = qa_base.float() * mask.to(qa_base.device)  # W̃ is sparse by construction
         adapter = ElasticLoraLinear(lin, rank_space=space, scaling=config.scaling,
                                     dropout=config.dropout, mask=mask, group=group,
-                                    qa_base=qa_base, memory_efficient=config.memory_efficient)
+                                    qa_base=qa_base, memory_efficient=config.memory_efficient,
+                                    learn_scales=config.learn_scales)
         adapter.train(lin.training)  # new modules default to train mode: keep the model's mode
         replace_module(model, fqn, adapter)
     return AdapterResult(config, sorted(targets), groups)
@@ -177,32 +178,38 @@ def count_adapter_params(model: nn.Module, *, active: bool = False) -> int:
     return total
 
 
+def trained_tensors(m: ElasticLoraLinear) -> dict[str, nn.Parameter]:
+    """An adapter's trained parameters by their file suffix: lora_A, lora_B (+ learned_scales)."""
+    out = {"lora_A": m.lora_A, "lora_B": m.lora_B}
+    if m.learned_scales is not None:
+        out["learned_scales"] = m.learned_scales
+    return out
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """`{fqn}.lora_A` (r_max, in) and `{fqn}.lora_B` (out, r_max) for every adapter."""
-    sd = {}
-    for fqn, m in adapter_modules(model).items():
-        sd[f"{fqn}.lora_A"] = m.lora_A.detach().cpu().contiguous()
-        sd[f"{fqn}.lora_B"] = m.lora_B.detach().cpu().contiguous()
-    return sd
+    """`{fqn}.lora_A` (r_max, in), `{fqn}.lora_B` (out, r_max) and, with learned scales,
+    `{fqn}.learned_scales` (out, in/g) fp32, for every adapter."""
+    return {f"{fqn}.{k}": p.detach().cpu().contiguous()
+            for fqn, m in adapter_modules(model).items() for k, p in trained_tensors(m).items()}
 
 
 def load_adapter_state_(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Copy saved factors into the model's adapters; shapes and names must match exactly."""
     mods = adapter_modules(model)
-    expected = {f"{f}.lora_{x}" for f in mods for x in "AB"}
+    expected = {f"{f}.{k}" for f, m in mods.items() for k in trained_tensors(m)}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ArtifactError(
             f"adapter file does not fit this model: missing {missing[:2]}, unexpected {extra[:2]}; "
-            "was it trained on another base model or with other target_modules?"
+            "was it trained on another base model, with other target_modules or learn_scales?"
         )
     with torch.no_grad():
         for fqn, m in mods.items():
-            for x in "AB":
-                p, t = getattr(m, f"lora_{x}"), state[f"{fqn}.lora_{x}"]
+            for k, p in trained_tensors(m).items():
+                t = state[f"{fqn}.{k}"]
                 if p.shape != t.shape:
                     raise ArtifactError(
-                        f"`{fqn}.lora_{x}` has shape {tuple(t.shape)}, the model expects "
+                        f"`{fqn}.{k}` has shape {tuple(t.shape)}, the model expects "
                         f"{tuple(p.shape)}; different rank_space or base model."
                     )
                 p.copy_(t)

@@ -35,6 +35,9 @@ class NLSConfig:
         memory_efficient: SparsePEFT / QA-SparsePEFT training recomputes each layer's effective
             weight in backward instead of keeping it from forward (same gradients): less peak
             memory for a little more time per step (measured in benchmarks/train_speed.py).
+        learn_scales: QA-SparsePEFT only: the INT4 group scales σ train beside the adapters
+            (fp32 masters, `finetune.scales_lr`; zero points fixed). Zeros stay zeros for every
+            σ, and the INT4 merge writes the trained σ, so merge and export stay exact.
     """
 
     mode: Literal["lora", "sparsepeft", "sqft", "qa-sparsepeft"] = "qa-sparsepeft"
@@ -45,6 +48,7 @@ class NLSConfig:
     elastic_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     qa_base: Literal["dequantized", "fp"] = "dequantized"
     memory_efficient: bool = False
+    learn_scales: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -57,6 +61,10 @@ class NLSConfig:
                 "to the weights before quantization, so there is no separate adapter path to drop "
                 "out (dropping the base path is a known defect); set dropout to 0."
             )
+        if self.learn_scales and self.mode != "qa-sparsepeft":
+            raise ConfigError(
+                f"`finetune.learn_scales` trains the INT4 grid of QA-SparsePEFT; mode is "
+                f"{self.mode!r}. Use mode 'qa-sparsepeft' or set learn_scales to false.")
         try:
             ranks = tuple(sorted({int(r) for r in self.rank_space}, reverse=True))
         except (TypeError, ValueError) as e:

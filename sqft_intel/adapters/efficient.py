@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..quantization.fake_quant import grouped
+from ..quantization.fake_quant import grouped, ste_grads
 from ..quantization.int4 import QMAX
 
 
@@ -68,6 +68,7 @@ class SparsePEFTLinear(torch.autograd.Function):
 
 class QASparsePEFTLinear(torch.autograd.Function):
     """y = x Q_{σ,z}(W̃ + s·(B A) ⊙ M)ᵀ + b with the straight-through estimator, recomputed in backward.
+    `scales` may be learned (then it gets LSQ's gradient; pass the fp16-rounded σ).
 
     W̃ + ΔW⊙M is always formed in fp32 with autocast off (as `ElasticLoraLinear.qa_target`), so the
     integers equal the ones the INT4 merge writes.
@@ -75,7 +76,7 @@ class QASparsePEFTLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, qa_base, lora_A, lora_B, mask, scaling, scales, zeros, bias):
-        w, _ = QASparsePEFTLinear._effective(qa_base, lora_A, lora_B, mask, scaling, scales, zeros)
+        w, *_ = QASparsePEFTLinear._effective(qa_base, lora_A, lora_B, mask, scaling, scales, zeros)
         dtype = _compute_dtype(x)
         xc = x if dtype is None else x.to(dtype)
         ctx.save_for_backward(xc, qa_base, lora_A, lora_B, mask, scales, zeros)
@@ -85,22 +86,25 @@ class QASparsePEFTLinear(torch.autograd.Function):
 
     @staticmethod
     def _effective(qa_base, lora_A, lora_B, mask, scaling, scales, zeros):
-        """(Q(target) fp32, inside-the-clamp mask) for target = W̃ + s·(B A)⊙M in fp32."""
+        """(Q(target) fp32, grouped target, σ, z) for target = W̃ + s·(B A)⊙M in fp32."""
         with torch.autocast(lora_A.device.type, enabled=False):
             target = qa_base + ((lora_B.float() @ lora_A.float()) * scaling) * mask
-            t, s, z = grouped(target, scales, zeros)
+            t, s, z = grouped(target, scales.detach(), zeros)
             v = torch.round(t / s) + z
-            w = (s * (v.clamp(0, QMAX) - z)).view_as(target)
-            return w, ((v >= 0) & (v <= QMAX)).view_as(target)
+            return (s * (v.clamp(0, QMAX) - z)).view_as(target), t, s, z
 
     @staticmethod
     def backward(ctx, g):
         x, qa_base, lora_A, lora_B, mask, scales, zeros = ctx.saved_tensors
-        w, inside = QASparsePEFTLinear._effective(qa_base, lora_A, lora_B, mask, ctx.scaling, scales,
-                                                  zeros)
+        w, t, s, z = QASparsePEFTLinear._effective(qa_base, lora_A, lora_B, mask, ctx.scaling,
+                                                   scales, zeros)
         cd = ctx.dtype or g.dtype
         g2 = g.reshape(-1, g.shape[-1]).to(cd)
         gx = (g2 @ w.to(cd)).reshape(*g.shape[:-1], w.shape[1]).to(ctx.x_dtype)
-        gw = (g2.T @ x.reshape(-1, x.shape[-1]).to(cd)).float() * inside * mask  # STE, then ⊙ M
+        gq = (g2.T @ x.reshape(-1, x.shape[-1]).to(cd)).float()  # ∂L/∂Q(target): (out, in)
+        need_scale = ctx.needs_input_grad[6]
+        g_t, g_s = ste_grads(gq.view_as(t), t, s, z, need_scale=need_scale)  # STE (and LSQ for σ)
+        gw = g_t.view_as(w) * mask
         ga, gb = _grads_AB(gw, lora_A, lora_B, ctx.scaling, None)  # fp32, as the target was
-        return gx, None, ga, gb, None, None, None, None, None
+        g_scales = g_s.squeeze(-1).to(scales.dtype) if need_scale else None
+        return gx, None, ga, gb, None, None, g_scales, None, None

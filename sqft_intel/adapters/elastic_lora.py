@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..quantization.fake_quant import fake_quant
+from ..quantization.fake_quant import fake_quant, round_fp16_ste
 
 
 class ElasticLoraLinear(nn.Module):
@@ -25,13 +25,16 @@ class ElasticLoraLinear(nn.Module):
         mask: (out, in) bool keep-mask for SparsePEFT, or None for plain LoRA.
         group: name of the rank group this adapter's rank is sampled with.
         qa_base: QA-SparsePEFT only (base is an `Int4Linear`): W̃ (out, in) fp32, the weights the
-            masked update is added to before fake quantization on the base's frozen grid:
+            masked update is added to before fake quantization on the base's grid:
             y = Q_{σ,z}(W̃ + ΔW ⊙ M) x.
+        learn_scales: QA-SparsePEFT only: the group scales σ (out, in/g) train too, as an fp32
+            master whose fp16 rounding the forward uses (what the merge writes); z stays fixed.
+            A pruned weight sits at q = z, so σ (q - z) = 0 for every σ: sparsity stays exact.
     """
 
     def __init__(self, base: nn.Module, *, rank_space: tuple[int, ...], scaling: float,
                  dropout: float, mask: Tensor | None, group: str, qa_base: Tensor | None = None,
-                 memory_efficient: bool = False):
+                 memory_efficient: bool = False, learn_scales: bool = False):
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
@@ -49,6 +52,10 @@ class ElasticLoraLinear(nn.Module):
             raise ValueError("QA-SparsePEFT needs the sparsity mask")
         self.register_buffer("qa_base", None if qa_base is None else qa_base.float(),
                              persistent=False)
+        if learn_scales and qa_base is None:
+            raise ValueError("learned scales need QA-SparsePEFT (an INT4 base and qa_base)")
+        self.learned_scales = nn.Parameter(base.scales.detach().float().clone()) if learn_scales \
+            else None
         self.rank_space = tuple(rank_space)
         self.group = group
         self.memory_efficient = memory_efficient
@@ -74,13 +81,20 @@ class ElasticLoraLinear(nn.Module):
         with torch.autocast(self.lora_A.device.type, enabled=False):
             return self.qa_base + self.delta_weight(rank).float()
 
+    def grid_scales(self) -> Tensor:
+        """σ of the INT4 grid (out, in/g): the base's, or the learned master rounded to fp16 in
+        value (straight-through), so forward and merge use the numbers the INT4 file will hold."""
+        if self.learned_scales is None:
+            return self.base.scales
+        return round_fp16_ste(self.learned_scales)
+
     def forward(self, x: Tensor) -> Tensor:
         r = self.active_rank
         if self.memory_efficient and torch.is_grad_enabled() and self.mask is not None and (
                 self.qa_base is not None or isinstance(self.dropout, nn.Identity) or not self.training):
             return self._efficient(x, r)
         if self.qa_base is not None:  # QA-SparsePEFT: y = Q_{σ,z}(W̃ + ΔW ⊙ M) x
-            w = fake_quant(self.qa_target(r), self.base.scales, self.base.zeros)
+            w = fake_quant(self.qa_target(r), self.grid_scales(), self.base.zeros)
             return F.linear(x, w, self.base.bias)
         if self.mask is None:  # plain LoRA: two skinny matmuls, ΔW never materialized
             xd = self.dropout(x)
@@ -100,10 +114,11 @@ class ElasticLoraLinear(nn.Module):
         a, b = self.lora_A[:r], self.lora_B[:, :r]
         if self.qa_base is not None:
             return QASparsePEFTLinear.apply(x, self.qa_base, a, b, self.mask, self.scaling,
-                                            self.base.scales, self.base.zeros, self.base.bias)
+                                            self.grid_scales(), self.base.zeros, self.base.bias)
         return SparsePEFTLinear.apply(x, self.base.weight, a, b, self.mask, self.scaling, self.base.bias)
 
     def extra_repr(self) -> str:
         kind = "qa-sparsepeft" if self.qa_base is not None else (
             "sparsepeft" if self.mask is not None else "lora")
+        kind += ", learned scales" if self.learned_scales is not None else ""
         return f"{kind}, rank_space={self.rank_space}, active_rank={self.active_rank}, group={self.group}"

@@ -25,8 +25,9 @@ def local_task(name: str, items: list[MCItem], folder: Path) -> dict:
     with open(path, "w") as f:
         for it in items:
             f.write(json.dumps({"query": it.query, "choices": list(it.choices), "gold": it.gold}) + "\n")
-    # an empty query (WinoGrande's whole sentences) is scored from EOS with no leading space, as ours
-    empty = all(not it.query for it in items)
+    # an empty query (WinoGrande's whole sentences) is scored from EOS with no leading space, as
+    # ours; so is the reply after a chat-rendered query
+    empty = all(not it.query or not it.delimiter for it in items)
     return {
         "task": f"sqft_{name}",
         "dataset_path": "json",

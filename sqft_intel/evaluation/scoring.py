@@ -29,13 +29,15 @@ class MCScore:
     n: int
 
 
-def encode_request(tokenizer, query: str, choice: str) -> tuple[list[int], int]:
+def encode_request(tokenizer, query: str, choice: str, delimiter: str = " ") -> tuple[list[int], int]:
     """Token ids of query+continuation and the continuation's length in tokens.
 
-    As lm-eval: no special tokens; the continuation is the tail of the jointly encoded string, so
-    merges across the boundary tokenize as in real text. An empty query is replaced by EOS.
+    As lm-eval: no special tokens added (special tokens written in a chat-rendered query are
+    parsed as such); the continuation `delimiter + choice` is the tail of the jointly encoded
+    string, so merges across the boundary tokenize as in real text. An empty query is replaced
+    by EOS.
     """
-    cont = f" {choice}" if query else choice
+    cont = f"{delimiter}{choice}" if query else choice
     if not query:
         ctx_ids = [tokenizer.eos_token_id]
         whole = ctx_ids + tokenizer(cont, add_special_tokens=False)["input_ids"]
@@ -61,7 +63,7 @@ def choice_logprobs(
     requests = []  # (item index, choice index, ids, n_cont)
     for i, it in enumerate(items):
         for j, ch in enumerate(it.choices):
-            ids, n = encode_request(tokenizer, it.query, ch)
+            ids, n = encode_request(tokenizer, it.query, ch, it.delimiter)
             requests.append((i, j, ids, n))
     device = device or torch.device("cpu")
     order = sorted(range(len(requests)), key=lambda k: -len(requests[k][2]))
@@ -103,7 +105,7 @@ def encode_packed(tokenizer, item: MCItem) -> tuple[list[int], list[int], list[l
     Returns (ids, segment per token: 0 = query, k = choice k, positions of the tokens predicting
     each choice's tokens). Tokens are those of `encode_request`, so both scorers see the same ids.
     """
-    encoded = [encode_request(tokenizer, item.query, c) for c in item.choices]
+    encoded = [encode_request(tokenizer, item.query, c, item.delimiter) for c in item.choices]
     ctx = encoded[0][0][: len(encoded[0][0]) - encoded[0][1]]
     ids, seg, predictors = list(ctx), [0] * len(ctx), []
     for k, (whole, n) in enumerate(encoded, 1):

@@ -29,6 +29,8 @@ class TrainConfig:
         gradient_checkpointing: recompute decoder blocks in backward to save memory.
         train_items: use at most this many training items (None = all).
         log_every: steps between loss records in the log.
+        scales_lr: peak learning rate of learned INT4 scales (`finetune.learn_scales`); None: a
+            tenth of the adapters' (NNCF's advice for its trainable quantizer ranges).
     """
 
     steps: int = 150
@@ -45,6 +47,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     train_items: int | None = None
     log_every: int = 1
+    scales_lr: float | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every"):
@@ -58,6 +61,9 @@ class TrainConfig:
         if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
                                     or not 0 < self.lr < 1):
             raise ConfigError(f"`finetune.lr`={self.lr!r} must be null or in (0, 1); try 3e-4.")
+        if self.scales_lr is not None and (isinstance(self.scales_lr, bool) or not isinstance(
+                self.scales_lr, (int, float)) or not 0 < self.scales_lr < 1):
+            raise ConfigError(f"`finetune.scales_lr`={self.scales_lr!r} must be null or in (0, 1).")
         if self.precision not in typing.get_args(Precision):
             raise ConfigError(f"`finetune.precision`={self.precision!r}; use auto, bf16 or fp32.")
         if self.train_items is not None and (not isinstance(self.train_items, int)

@@ -36,13 +36,30 @@ class TrainResult:
     precision: str = "fp32"
 
 
-def build_examples(tokenizer, items: list[MCItem], max_length: int) -> list[tuple[list[int], int]]:
-    """(token ids, answer length) per item; prompts longer than `max_length` lose their start."""
+def end_token_id(model: nn.Module | None, tokenizer) -> int | None:
+    """The token a fine-tuned answer ends with: the one generation stops at (the model's
+    generation config, which every runtime and the export follow), else the tokenizer's eos."""
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    if eos is None:
+        return tokenizer.eos_token_id
+    if tokenizer.eos_token_id is not None and eos != tokenizer.eos_token_id:
+        log.warning("the tokenizer's eos (%s) is not the generation config's (%s); answers end "
+                    "with the generation config's, where generation stops", tokenizer.eos_token_id, eos)
+    return int(eos)
+
+
+def build_examples(tokenizer, items: list[MCItem], max_length: int, end_id: int | None = None
+                   ) -> list[tuple[list[int], int]]:
+    """(token ids, answer length) per item, each answer followed by `end_id` so the model learns
+    to stop; prompts longer than `max_length` lose their start."""
     examples = []
     for it in items:
-        ids, n_answer = encode_request(tokenizer, it.query, it.answer)
-        if tokenizer.eos_token_id is not None:
-            ids, n_answer = ids + [tokenizer.eos_token_id], n_answer + 1  # learn to stop
+        ids, n_answer = encode_request(tokenizer, it.query, it.answer, it.delimiter)
+        if end_id is not None:
+            ids, n_answer = ids + [end_id], n_answer + 1  # learn to stop
         if len(ids) > max_length:
             ids = ids[-max_length:]
             n_answer = min(n_answer, max_length - 1)
@@ -122,13 +139,18 @@ def finetune_(
     distributed.init(device)
     torch.manual_seed(config.seed)  # dropout; adapter init happened in add_adapters_
     model.to(device)
-    examples = build_examples(tokenizer, items, config.max_length)
+    examples = build_examples(tokenizer, items, config.max_length, end_token_id(model, tokenizer))
     lengths = [len(ids) for ids, _ in examples]
     n_batches = len(epoch_batches(lengths, config.batch_size, config.seed, 0))
     epochs: dict[int, list[list[int]]] = {}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for m in mods.values() for p in (m.lora_A, m.lora_B)]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups = [{"params": params}]
+    scales = [m.learned_scales for m in mods.values() if m.learned_scales is not None]
+    if scales:  # the INT4 grid's σ: own (smaller) rate, no decay toward 0
+        groups.append({"params": scales, "weight_decay": 0.0,
+                       "lr": config.scales_lr if config.scales_lr is not None else config.lr / 10})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     rank_gen = torch.Generator().manual_seed(config.seed)
     loss_fn = distributed.wrap(model)  # DDP over the adapters when launched on several ranks

@@ -114,7 +114,8 @@ def merge_(
 
 
 def _merge_int4(model: nn.Module, fqn: str, m) -> tuple[int, float, float]:
-    """q' = clamp(round((W̃ + ΔW⊙M)/σ) + z, 0, 15) with the base's σ, z (SQFT Eq. 5).
+    """q' = clamp(round((W̃ + ΔW⊙M)/σ) + z, 0, 15) with the base's z and σ (SQFT Eq. 5); with
+    learned scales, σ is the trained one as fp16, which is what the forward used.
 
     The same fp32 arithmetic as the trained forward (`qa_target`), so q' equals the integers the
     fake-quant forward used. Returns (new nonzeros, sparsity, unmasked density).
@@ -126,8 +127,11 @@ def _merge_int4(model: nn.Module, fqn: str, m) -> tuple[int, float, float]:
     target = m.qa_target()
     if not torch.isfinite(target).all():
         raise ArtifactError(f"merging `{fqn}` produced non-finite weights; adapters diverged.")
-    q = qa_integers(target, base.scales, base.zeros)
-    merged = Int4Linear.from_quantized(q, base.scales, base.zeros, base.bias)
+    scales = m.grid_scales().detach().half()  # exact: grid_scales is fp16-valued
+    if not torch.isfinite(scales).all():
+        raise ArtifactError(f"merging `{fqn}`: learned scales are not finite; training diverged.")
+    q = qa_integers(target, scales, base.zeros)
+    merged = Int4Linear.from_quantized(q, scales, base.zeros, base.bias)
     deq = merged.dequantized_weight()
     keep = m.mask.to(deq.device)
     unmasked = m.qa_base + (m.lora_B[:, :m.active_rank].float() @ m.lora_A[:m.active_rank].float()

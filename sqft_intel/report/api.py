@@ -102,7 +102,7 @@ def _sections(d: dict, folder: Path) -> list[str]:
         else:
             out.append(f'<p class="note">Heuristic sub-adapter ({sel.get("adapter_params", 0):,} '
                        "active adapter parameters); no search was run (`select.strategy: "
-                       "hill-climb` or `evolution` draws the Pareto front).</p>")
+                       "hill-climb`, `evolution` or `candidates` draws the Pareto front).</p>")
     v = d["verify"]
     if v:
         cls, word = ("ok", "PASS") if v["ok"] else ("bad", "FAIL")

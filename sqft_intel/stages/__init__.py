@@ -49,7 +49,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("quantize", ("data", "quantize"), "sparsify", quantize.check, quantize.run,
           enabled=lambda r: r.finetune.adapters.quantized_base),  # only INT4 modes train on it
     Stage("finetune", ("data", "finetune"), "quantize", finetune.check, finetune.run),
-    Stage("select", ("data", "select"), "finetune", select.check, select.run),
+    Stage("select", ("data", "select", "eval"), "finetune", select.check, select.run),
     Stage("merge", ("merge",), "select", merge.check, merge.run),
     Stage("export", ("export",), "merge", export.check, export.run,
           enabled=lambda r: r.export.enabled),

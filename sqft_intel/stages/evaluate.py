@@ -71,6 +71,8 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict:
     summary = {
         "task": recipe.data.task,
         "eval_items": len(items),
+        "prompt_format": recipe.eval.prompt_format,
+        "train_prompt_format": recipe.splits.prompt_format,
         "rows": rows,
         "merge": {k: merge[k] for k in ("method", "mean_sparsity", "total_new_nonzeros",
                                          "mean_unmasked_density")},
@@ -141,8 +143,9 @@ def run_lm_eval(recipe: Recipe, run_dir: RunDir) -> dict:
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"\n{summary['task']} validation accuracy ({summary['eval_items']} items, "
-             "log-likelihood of each choice)",
+    fmt = summary.get("prompt_format", "plain")
+    lines = [f"\n{summary['task']} validation accuracy ({summary['eval_items']} items, {fmt} "
+             "prompts, log-likelihood of each choice)",
              f"{'variant':<40} {'sparsity':>9} {'acc':>7} {'acc_norm':>9}"]
     for r in summary["rows"]:
         lines.append(f"{r['variant']:<40} {r['sparsity']:>9.1%} {r['acc']:>7.1%} "

@@ -99,12 +99,13 @@ def run(recipe: Recipe, run_dir: RunDir, *, parent: str | None, fingerprint: str
                         "precision": res.precision, "resumed_from": res.resumed_from,
                         "world_size": distributed.world()[1],
                         "adapter_params_max": count_adapter_params(model),
-                        "rank_counts": res.rank_counts},
+                        "rank_counts": res.rank_counts,
+                        "prompt_format": recipe.splits.prompt_format},
                fingerprint=fingerprint, base_masks_sha256=_masks_sha(run_dir, parent))
     shutil.rmtree(work, ignore_errors=True)
     distributed.barrier()
-    log.info("finetune: %d steps (%s) in %.0fs -> %s", res.steps, res.precision, res.seconds,
-             run_dir.finetune)
+    log.info("finetune: %d steps (%s, %s prompts) in %.0fs -> %s", res.steps, res.precision,
+             recipe.splits.prompt_format, res.seconds, run_dir.finetune)
 
 
 def load_trained(recipe: Recipe, run_dir: RunDir):

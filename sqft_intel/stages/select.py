@@ -1,5 +1,5 @@
-"""Stage `select`: one sub-adapter of the trained NLS adapters (heuristic, or a search scored on
-held-out train items), written in PEFT's format."""
+"""Stage `select`: one sub-adapter of the trained NLS adapters (heuristic, or a search or a few
+training-log candidates scored on held-out train items), written in PEFT's format."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..device import resolve_device, resolve_precision
 from ..errors import ConfigError
 from ..evaluation.scoring import score_mc
 from ..recipe import Recipe
-from ..run_dir import PARETO_FILE, SEARCH_LOG, RunDir
+from ..run_dir import PARETO_FILE, SEARCH_LOG, TRAIN_LOG, RunDir
 from .check import CheckContext
 from .finetune import load_trained
 
@@ -32,7 +32,7 @@ def run(recipe: Recipe, run_dir: RunDir, *, parent: str | None, fingerprint: str
         progress: bool = True) -> None:
     cfg = recipe.select
     model, tok, _ = load_trained(recipe, run_dir)
-    search = _search(recipe, model, tok, progress=progress) if cfg.is_search else None
+    search = _search(recipe, run_dir, model, tok, progress=progress) if cfg.is_search else None
     ranks = set_active_ranks_(model, search.best.ranks if search else cfg.choice)
     metrics = {"ranks": ranks, "adapter_params": count_adapter_params(model, active=True)}
 
@@ -52,11 +52,12 @@ def run(recipe: Recipe, run_dir: RunDir, *, parent: str | None, fingerprint: str
     log.info("select: %s -> elastic ranks %s%s -> %s", cfg.strategy, elastic, found, run_dir.select)
 
 
-def _search(recipe: Recipe, model, tok, *, progress: bool):
-    """Search per-group ranks from the heuristic configuration, scored on the held-out items."""
+def _search(recipe: Recipe, run_dir: RunDir, model, tok, *, progress: bool):
+    """Search per-group ranks from the heuristic configuration (or score the training-log
+    candidates, `candidates`), scored on the held-out items."""
     from tqdm.auto import tqdm
 
-    from ..search import STRATEGIES
+    from ..search import STRATEGIES, score_candidates
 
     cfg = recipe.select
     items = recipe.splits.holdout
@@ -74,9 +75,14 @@ def _search(recipe: Recipe, model, tok, *, progress: bool):
         set_active_ranks_(model, ranks)
         return count_adapter_params(model, active=True)
 
+    start = set_active_ranks_(model, "heuristic")
+    space = rank_groups(model)
+    candidates = _candidates(run_dir, space, start, cfg.budget) \
+        if cfg.strategy == "candidates" else None
+    total = len(candidates) if candidates else cfg.budget
     log.info("select: %s search, %d configurations scored on %d held-out train items",
-             cfg.strategy, cfg.budget, len(items))
-    bar = tqdm(total=cfg.budget, desc=f"select ({cfg.strategy})", unit="config", disable=not progress)
+             cfg.strategy, total, len(items))
+    bar = tqdm(total=total, desc=f"select ({cfg.strategy})", unit="config", disable=not progress)
     best = [float("-inf")]
 
     def on_trial(t):
@@ -84,12 +90,39 @@ def _search(recipe: Recipe, model, tok, *, progress: bool):
         bar.set_postfix({cfg.metric: f"{best[0]:.3f}"}, refresh=False)
         bar.update(1)
 
-    kwargs = {"population": cfg.population} if cfg.strategy == "evolution" else {}
-    start = set_active_ranks_(model, "heuristic")
-    res = STRATEGIES[cfg.strategy](rank_groups(model), start, evaluate, params, budget=cfg.budget,
-                                   seed=cfg.seed, on_trial=on_trial, **kwargs)
+    match cfg.strategy:
+        case "candidates":
+            res = score_candidates(candidates, evaluate, params, on_trial=on_trial)
+        case "evolution":
+            res = STRATEGIES[cfg.strategy](space, start, evaluate, params, budget=cfg.budget,
+                                           seed=cfg.seed, on_trial=on_trial,
+                                           population=cfg.population)
+        case _:
+            res = STRATEGIES[cfg.strategy](space, start, evaluate, params, budget=cfg.budget,
+                                           seed=cfg.seed, on_trial=on_trial)
     bar.close()
     return res
+
+
+def _candidates(run_dir: RunDir, space: dict, start: dict, budget: int) -> list:
+    """(origin, ranks) read off the finetune stage: heuristic, most-sampled, lowest-loss."""
+    from ..search import LOWEST_LOSS, lowest_loss, most_sampled, training_candidates
+
+    rank_counts = load_stage(run_dir.finetune, expect="finetune",
+                             verify=False).metrics.get("rank_counts") or {}
+    path = run_dir.finetune / TRAIN_LOG
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] \
+        if path.is_file() else []
+    out = training_candidates(space, start, rows, rank_counts, budget=budget, k=LOWEST_LOSS)
+    if not lowest_loss(space, rows):
+        log.warning("select: %s holds no logged step with a loss and the ranks of every elastic "
+                    "group (%d rows; a run from before ranks were logged?): scoring the heuristic "
+                    "and most-sampled configurations only.", path, len(rows))
+    if most_sampled(space, rank_counts) is None:
+        log.warning("select: the finetune stage.json has no `rank_counts` for every elastic "
+                    "group: no most-sampled configuration.")
+    log.info("select: candidates %s", ", ".join(origin for origin, _ in out))
+    return out
 
 
 def _write_search(stage: Path, recipe: Recipe, res) -> dict:

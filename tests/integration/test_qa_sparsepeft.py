@@ -10,6 +10,7 @@ from sqft_intel.quantization.config import Int4Config
 from sqft_intel.quantization.fake_quant import fake_quant
 from sqft_intel.quantization.int4 import expand
 from sqft_intel.quantization.modules import Int4Linear
+from tests.conftest import merge_keeping_logits
 
 LOGIT_TOL = 1e-5  # issue #3: merged INT4 model vs trained fake-quant model, fp32
 
@@ -53,13 +54,7 @@ def test_int4_merge_equals_the_trained_model_bit_for_bit(tiny_llama, qa_base):
             g = m.base.group_size
             s, z = expand(m.base.scales.float(), g), expand(m.base.zeros.float(), g)
             trained_q[fqn] = (torch.round(w / s) + z).to(torch.uint8)
-    ids = torch.randint(300, (3, 20), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        before = tiny_llama(input_ids=ids).logits
-    res = sq.merge_(tiny_llama, masks=masks)
-    with torch.no_grad():
-        after = tiny_llama(input_ids=ids).logits
-    torch.testing.assert_close(after, before, atol=LOGIT_TOL, rtol=0)
+    res = merge_keeping_logits(tiny_llama, masks, LOGIT_TOL)
     for fqn, q in trained_q.items():
         merged = tiny_llama.get_submodule(fqn)
         assert isinstance(merged, Int4Linear)
@@ -83,6 +78,52 @@ def test_merged_integers_moved_off_the_base(tiny_llama):
     changed = sum(int((tiny_llama.get_submodule(f).int_weight() != q).sum())
                   for f, q in base_q.items() if isinstance(tiny_llama.get_submodule(f), Int4Linear))
     assert changed > 0
+
+
+def test_learned_scales_keep_every_zero_and_merge_bit_exact(tiny_llama):
+    """`learn_scales`: σ trains (z fixed); pruned weights stay exactly 0 for every σ, and the INT4
+    merge writes the trained integers and the trained σ (fp16) that the forward used."""
+    masks, _ = int4_sparse(tiny_llama)
+    base = {f: (m.scales.clone(), m.zeros.clone()) for f, m in tiny_llama.named_modules()
+            if isinstance(m, Int4Linear)}
+    cfg = sq.NLSConfig(mode="qa-sparsepeft", rank_space=(8, 6, 4), alpha=16.0, learn_scales=True)
+    sq.add_adapters_(tiny_llama, cfg, masks=masks)
+    train_a_few_steps(tiny_llama, steps=6)
+    sq.set_active_ranks_(tiny_llama, "heuristic")
+    trained = {}
+    for fqn, m in tiny_llama.named_modules():
+        if isinstance(m, sq.ElasticLoraLinear):
+            s16 = m.grid_scales().detach().half()  # the master, clamped and rounded
+            w = fake_quant(m.qa_target(), m.grid_scales(), m.base.zeros)  # the trained forward
+            keep = masks[f"{fqn}.weight"]
+            assert (w[~keep] == 0).all(), fqn  # zeros stay zeros with the learned σ
+            g = m.base.group_size
+            trained[fqn] = (s16, torch.round(w / expand(s16.float(), g)
+                                              + expand(m.base.zeros.float(), g)).to(torch.uint8))
+    moved = sum(int((trained[f][0] != base[f][0]).sum()) for f in trained)
+    assert moved > 0  # the scales did train
+    res = merge_keeping_logits(tiny_llama, masks, LOGIT_TOL)
+    for fqn, (s16, q) in trained.items():
+        merged = tiny_llama.get_submodule(fqn)
+        assert torch.equal(merged.scales, s16) and torch.equal(merged.zeros, base[fqn][1]), fqn
+        assert torch.equal(merged.int_weight(), q), fqn
+        assert (merged.dequantized_weight()[~masks[f"{fqn}.weight"]] == 0).all()
+    assert res.metrics()["total_new_nonzeros"] == 0
+
+
+def test_learned_scale_gradient_is_lsq_and_zero_at_pruned_weights():
+    """∂Q/∂σ = round(t/σ) - t/σ inside the clamp, q - z outside, 0 where t = 0."""
+    scale = torch.full((1, 1), 0.1, requires_grad=True)
+    zero = torch.full((1, 1), 8, dtype=torch.uint8)
+    t = torch.tensor([[0.0, 0.33, -0.26, 5.0]])
+    fake_quant(t, scale, zero).sum().backward()
+    expected = (3 - 3.3) + (-3 + 2.6) + (15 - 8)  # the zero adds nothing
+    assert scale.grad.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_learn_scales_needs_qa_sparsepeft():
+    with pytest.raises(sq.ConfigError, match="learn_scales"):
+        sq.NLSConfig(mode="sparsepeft", learn_scales=True)
 
 
 def test_ste_passes_gradient_only_inside_the_clamp_range():

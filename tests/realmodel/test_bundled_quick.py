@@ -201,3 +201,79 @@ def test_lm_eval_merged_and_openvino_agree(quick_run, tmp_path):
     for doc, lps in logprobs["torch"].items():
         # `sqft verify`'s logit tolerance: f32 graphs that sum in another order
         assert lps == pytest.approx(logprobs["openvino"][doc], abs=2e-3), doc
+
+
+def test_bundled_tokenizer_has_smollm2s_special_tokens():
+    """eos = pad = <|im_end|> (where every runtime stops), no BOS prepended, and the generation
+    config agrees; the conversion cache is versioned, so an older converted copy is not reused."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from sqft_intel.models import CONVERSION_VERSION, bundled_model_dir
+
+    folder = bundled_model_dir("smollm2-135m")
+    assert folder.name.endswith(f"-v{CONVERSION_VERSION}")
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert (tok.eos_token, tok.pad_token, tok.bos_token) == ("<|im_end|>", "<|im_end|>", "<|im_start|>")
+    text = "Question: Which is warmer?"
+    assert tok(text)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]  # no BOS
+    gen = GenerationConfig.from_pretrained(folder)
+    assert gen.eos_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+COMPLETION = "Question: Which gas do plants take in from the air?\nAnswer:"
+CHAT = "Which gas do plants take in from the air?"
+MAX_NEW = 48
+
+
+def test_export_answers_and_stops_with_genai_defaults(quick_run):
+    """The deployed artifact answers: stock `LLMPipeline(export).generate(text)` (GenAI applies the
+    chat template by default) returns text and stops at the end token before max_new_tokens, for a
+    question and for a completion-style prompt; so does the raw completion prompt."""
+    import openvino_genai as ov_genai
+
+    pipe = ov_genai.LLMPipeline(str(quick_run[0] / "openvino"), "CPU")
+    for prompt, template in ((CHAT, True), (COMPLETION, True), (COMPLETION, False)):
+        cfg = pipe.get_generation_config()
+        cfg.max_new_tokens, cfg.apply_chat_template = MAX_NEW, template
+        res = pipe.generate([prompt], cfg)
+        assert res.texts[0].strip(), (prompt, template)
+        assert res.perf_metrics.get_num_generated_tokens() < MAX_NEW, (prompt, template, res.texts)
+
+
+def test_export_answers_and_stops_through_optimum_and_the_server(quick_run):
+    """`OVModelForCausalLM.generate` ends with <|im_end|>; deploy/'s /v1/completions and
+    /v1/chat/completions answer with finish_reason "stop"."""
+    import http.client
+
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from deploy.engine import BatchingEngine
+    from deploy.server import BackgroundServer, ServerConfig, make_app
+
+    export = quick_run[0] / "openvino"
+    tok = AutoTokenizer.from_pretrained(export)
+    model = OVModelForCausalLM.from_pretrained(export)
+    chat = tok.apply_chat_template([{"role": "user", "content": CHAT}], add_generation_prompt=True,
+                                   return_tensors="pt", return_dict=True)
+    for ids in (tok(COMPLETION, return_tensors="pt"), chat):
+        new = model.generate(**ids, max_new_tokens=MAX_NEW)[0, ids["input_ids"].shape[1]:].tolist()
+        assert len(new) > 1 and new[-1] == tok.convert_tokens_to_ids("<|im_end|>"), tok.decode(new)
+
+    engine = BatchingEngine(export)
+    config = ServerConfig(port=0)
+    server = BackgroundServer(make_app(engine, config), config, log_level="warning")
+    try:
+        for path, body in (("/v1/completions", {"prompt": COMPLETION}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": CHAT}]})):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+            conn.request("POST", path, json.dumps({**body, "max_tokens": MAX_NEW}),
+                         {"Content-Type": "application/json"})
+            reply = json.loads(conn.getresponse().read())
+            choice = reply["choices"][0]
+            text = choice["text"] if "text" in choice else choice["message"]["content"]
+            assert choice["finish_reason"] == "stop" and text.strip(), (path, reply)
+            assert reply["usage"]["completion_tokens"] < MAX_NEW
+    finally:
+        server.stop()
+        engine.close()

@@ -62,3 +62,48 @@ def test_custom_ranks_are_the_ones_written(tmp_path, fp_run, stage_recipe):
     assert snapshot(run.select) == before
     run_stages(recipe_of(stage_recipe), out, "select")
     assert sq.load_stage(run.select).metrics["ranks"] == sq.load_stage(RunDir(fp_run).select).metrics["ranks"]
+
+
+
+def test_candidates_score_the_training_log_configurations_and_keep_the_best(
+        tmp_path, fp_run, stage_recipe, monkeypatch):
+    from types import SimpleNamespace
+
+    from sqft_intel.adapters.api import adapter_modules
+    from sqft_intel.search import training_candidates
+    from sqft_intel.stages import select
+
+    out = copy_run(fp_run, tmp_path / "run", stages=("sparsify", "finetune"))
+    run = RunDir(out)
+    recipe = recipe_of(stage_recipe, {"select": {"strategy": "candidates"}})
+    assert recipe.splits.holdout  # a tenth of the 64 tiny train rows
+    # what must be scored: the heuristic, then most-sampled and lowest-loss read off finetune's
+    # own log and rank counts, each configuration once, in that order
+    finetune = sq.load_stage(run.finetune, expect="finetune")
+    train_log = [json.loads(x) for x in (run.finetune / "train_log.jsonl").read_text().splitlines()]
+    assert len(train_log) == 4 and all(r["ranks"] for r in train_log)  # 4 steps, log_every 1
+    heuristic = sq.load_stage(RunDir(fp_run).select).metrics["ranks"]
+    space = {g: (8, 6, 4) if g.endswith(".elastic") else (8,) for g in heuristic}
+    expected = training_candidates(space, heuristic, train_log, finetune.metrics["rank_counts"],
+                                   budget=recipe.select.budget)
+    assert len(expected) >= 3 and expected[1][0] == "most-sampled"
+    winner = expected[-1][1]  # a lowest-loss one; the scorer below makes it the best
+
+    def fake_score(model, *args, **kwargs):
+        ranks = {m.group: m.active_rank for m in adapter_modules(model).values()}
+        return SimpleNamespace(acc=0.9 if ranks == winner else 0.5, acc_norm=0.0)
+
+    monkeypatch.setattr(select, "score_mc", fake_score)
+    run_stages(recipe, out, "select")
+    rec = sq.load_stage(run.select, expect="select")
+    trials = [json.loads(x) for x in (run.select / "search_log.jsonl").read_text().splitlines()]
+    assert [(t["origin"], t["ranks"]) for t in trials] == expected
+    search = rec.metrics["search"]
+    assert search["strategy"] == "candidates" and search["evaluations"] == len(expected)
+    assert search["heuristic_score"] == 0.5 and search["best_score"] == 0.9
+    assert search["best_index"] == len(expected) - 1
+    assert rec.metrics["ranks"] == winner != heuristic
+    assert rec.metrics["adapter_params"] == trials[-1]["params"]
+    check_peft_adapter(run.select, winner, run.sparsify)
+    front = json.loads((run.select / "pareto.json").read_text())
+    assert max(p["score"] for p in front) == 0.9

@@ -10,7 +10,7 @@ from sqft_intel.quantization.int4 import group_params, quantize
 from sqft_intel.quantization.modules import Int4Linear
 
 
-def _pair(mode: str, seed: int = 0):
+def _pair(mode: str, seed: int = 0, learn_scales: bool = False):
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(64, 48, bias=True)
     with torch.no_grad():
@@ -27,7 +27,8 @@ def _pair(mode: str, seed: int = 0):
             base = Int4Linear.from_quantized(quantize(lin.weight, s, z), s, z, lin.bias)
             qa_base = base.dequantized_weight() * mask
         m = ElasticLoraLinear(base, rank_space=(8, 6, 4), scaling=2.0, dropout=0.0, mask=mask,
-                              group="g", qa_base=qa_base, memory_efficient=efficient)
+                              group="g", qa_base=qa_base, memory_efficient=efficient,
+                              learn_scales=learn_scales)
         with torch.no_grad():
             m.lora_A.copy_(torch.randn(8, 64, generator=torch.Generator().manual_seed(1)) * 0.3)
             m.lora_B.copy_(torch.randn(48, 8, generator=torch.Generator().manual_seed(2)) * 0.3)
@@ -55,6 +56,24 @@ def test_same_outputs_and_gradients(mode, bf16, rank):
         torch.testing.assert_close(b, a, **tol)
     assert results[0][2][rank:].abs().sum() == 0 == results[1][2][rank:].abs().sum()  # NLS slices
     assert results[1][2][:rank].abs().sum() > 0
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_learned_scales_same_gradients_in_both_paths(bf16):
+    """QA-SparsePEFT with learned σ: the recomputing backward gives σ the same (LSQ) gradient."""
+    plain, efficient = _pair("qa", learn_scales=True)
+    x0 = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for m in (plain, efficient):
+        x = x0.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = (m(x).float() ** 2).sum()
+        loss.backward()
+        grads.append((m.learned_scales.grad, m.lora_A.grad, x.grad))
+    assert grads[0][0].abs().sum() > 0
+    tol = {"atol": 2e-2, "rtol": 2e-2} if bf16 else {"atol": 1e-4, "rtol": 1e-5}
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, **tol)
 
 
 def test_efficient_path_saves_no_dense_weight():
