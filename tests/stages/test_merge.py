@@ -78,3 +78,22 @@ def test_lora_merge_of_qa_adapters_is_refused(tmp_path, int4_run, stage_recipe):
     with pytest.raises(sq.ConfigError, match=match):  # the verb
         sq.merge_(model, masks=masks, method="lora")
     assert sum(isinstance(m, sq.ElasticLoraLinear) for m in model.modules()) == 10  # untouched
+
+
+def test_learned_scales_through_the_int4_chain_verify_pass(tmp_path, int4_run, stage_recipe):
+    """`finetune.learn_scales`: finetune -> select -> INT4 merge -> exact INT4 export on the tiny
+    model; the merge holds the trained σ (not the quantize stage's), z unchanged, 0 new nonzeros,
+    and `verify_export` passes bit-exact against those learned scales."""
+    pytest.importorskip("openvino")
+    out = copy_run(int4_run, tmp_path / "run", stages=("sparsify", "quantize"))
+    recipe = recipe_of(stage_recipe, {**QA, "finetune": {**QA["finetune"], "learn_scales": True},
+                                      "export": {"enabled": True}})
+    run_stages(recipe, out, "finetune", "select", "merge", "export")
+    run = RunDir(out)
+    base, merged = load_file(run.quantize / INT4_FILE), load_file(run.merge / INT4_FILE)
+    scale_keys = [k for k in merged if k.endswith(".scales")]
+    assert scale_keys and any(not torch.equal(merged[k], base[k]) for k in scale_keys)
+    assert all(torch.equal(merged[k], base[k]) for k in merged if k.endswith(".zeros"))
+    assert sq.load_stage(run.merge, expect="merge").metrics["total_new_nonzeros"] == 0
+    report = sq.verify_export(run.export)
+    assert report.ok and not report.int4_mismatch and report.new_nonzeros == 0, report.table()
