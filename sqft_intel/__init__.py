@@ -40,6 +40,7 @@ from .recipe import Recipe, build_recipe, load_recipe_file
 from .report import write_report
 from .run_data import RunData
 from .run_dir import RunDir, export_dir_of
+from .sft import SFTItem, load_train_file
 from .sparsity.api import SparsityResult, sparsify_
 from .sparsity.config import SparsityConfig
 from .sparsity.masks import load_masks, save_masks
@@ -58,6 +59,7 @@ __all__ = [
     "MCScore", "VerifyReport", "ElasticLoraLinear", "Int4Linear", "StageRecord", "load_stage",
     "load_masks", "save_masks", "load_int4_", "read_int4", "save_adapters", "load_adapters_",
     "save_peft_adapter", "load_model", "MCItem", "load_train_items", "load_val_items", "load_jsonl",
+    "SFTItem", "load_train_file",
     # machine
     "set_threads", "export_properties",
     # errors

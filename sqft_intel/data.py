@@ -165,30 +165,68 @@ def _doc_to_item(doc: Any, where: str) -> MCItem:
     return MCItem(query, tuple(choices), gold)
 
 
+def read_rows(path: str | Path, what: str = f"MC rows {_ROW}") -> list[tuple[str, Any]]:
+    """(where, row) for each row of a JSONL file (`.gz` too) or of a `.json` file holding one
+    array of rows; `where` names the file and the line the row starts on.
+
+    Raises:
+        ConfigError: a missing or empty file, or text that is not JSON, named by file and line.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data file `{path}` does not exist; give a JSONL file of {what}.")
+    if path.suffix == ".json":
+        rows = _json_array(path, path.read_text())
+    else:
+        opener = gzip.open if path.suffix == ".gz" else open
+        rows = []
+        with opener(path, "rt") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((f"`{path}` line {n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"`{path}` line {n} is not valid JSON ({e}): "
+                                      f"{line.strip()[:80]!r}; write one JSON object per line "
+                                      f"({what}).") from e
+    if not rows:
+        raise ConfigError(f"data file `{path}` holds no rows; give at least one of {what}.")
+    return rows
+
+
+def _json_array(path: Path, text: str) -> list[tuple[str, Any]]:
+    """The rows of a `.json` file's top-level array, each with the line it starts on."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"`{path}` is not valid JSON ({e}); a `.json` data file holds one "
+                          "array of row objects (or use `.jsonl`, one object per line).") from e
+    if not isinstance(rows, list):
+        raise ConfigError(f"`{path}` holds a JSON {type(rows).__name__}, not an array of rows; "
+                          "write `[{...}, {...}]`, or one object per line in a `.jsonl` file.")
+    decoder, pos, line, out = json.JSONDecoder(), text.index("[") + 1, 1, []
+    line += text.count("\n", 0, pos)
+    for row in rows:  # walk the array again to find where each element starts
+        start = pos
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line += text.count("\n", start, pos)
+        out.append((f"`{path}` line {line}", row))
+        _, end = decoder.raw_decode(text, pos)
+        line += text.count("\n", pos, end)
+        pos = end
+    return out
+
+
 def load_jsonl(path: str | Path) -> list[MCItem]:
-    """Read a user's JSONL file of `{"query": ..., "choices": [...], "gold": i}` rows.
+    """Read a user's JSONL file of `{"query": ..., "choices": [...], "gold": i}` rows (or a
+    `.json` array of them).
 
     Raises:
         ConfigError: a missing or empty file, or a bad row, named by file and line number.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"data file `{path}` does not exist; give a JSONL file of MC rows.")
-    opener = gzip.open if path.suffix == ".gz" else open
-    items = []
-    with opener(path, "rt") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"`{path}` line {n} is not valid JSON ({e}): {line.strip()[:80]!r}; "
-                                  f"write one JSON object {_ROW} per line.") from e
-            items.append(_doc_to_item(row, f"`{path}` line {n}"))
-    if not items:
-        raise ConfigError(f"data file `{path}` holds no rows; give at least one MC row.")
-    return items
+    return [_doc_to_item(row, where) for where, row in read_rows(path)]
 
 
 def load_train_items(task: str) -> list[MCItem]:
@@ -252,9 +290,11 @@ def split_holdout(items: list[MCItem], n: int, seed: int = 0, *,
     return train, holdout
 
 
-def calibration_texts(items: list[MCItem]) -> list[str]:
-    """Plain text for Wanda's activation statistics: each question with its correct answer."""
-    return [f"{it.query}{it.delimiter}{it.answer}".strip() for it in items]
+def calibration_texts(items: list) -> list[str]:
+    """Plain text for Wanda's activation statistics: each question with its correct answer; an
+    SFT row's rendered text (prompt and completion, `SFTItem.text`)."""
+    return [f"{it.query}{it.delimiter}{it.answer}".strip() if isinstance(it, MCItem) else it.text
+            for it in items]
 
 
 def render_chat(items: list[MCItem], tokenizer, *, source: str = "the model") -> list[MCItem]:

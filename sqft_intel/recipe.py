@@ -48,7 +48,14 @@ class ModelConfig:
 class DataConfig:
     """Args:
     task: bundled task (train split for fine-tuning/calibration, validation split for accuracy).
-    train_file: JSONL of `{"query", "choices", "gold"}` rows replacing the task's train split.
+    train_file: a JSONL file (or a `.json` array) of rows replacing the task's train split, all
+        of one format, told by their keys: multiple choice `{"query", "choices", "gold"}`, or
+        SFT rows (`sft.py`): chat `{"messages": [{"role", "content"}, ...]}` (rendered with the
+        tokenizer's chat template, trained on the assistant turns), `{"prompt", "completion"}`
+        (trained on the completion), `{"text"}` (every token), or Alpaca `{"instruction",
+        "input" (optional), "output"}` (LLM-Adapters' prompt, trained on the output). SFT rows
+        are only trained on and calibrated with: nothing is held out of them, and scores come
+        from the validation split or `eval_file`.
     eval_file: JSONL of the same rows replacing the task's validation split.
     holdout_items: items held out of the train split (seeded, at most a tenth of it, never
         trained on) to score sub-adapters in `select` searches; the final numbers always come from
@@ -59,7 +66,8 @@ class DataConfig:
         `auto` (default): `mixed` when the tokenizer has a chat template (an instruct model,
         whose export GenAI, optimum and the server's chat route ask through that template, and
         whose completion route gets plain text), else `plain`. Every answer ends with the end
-        token the export stops at. How items are scored is `eval.prompt_format`.
+        token the export stops at. How items are scored is `eval.prompt_format`. MC items
+        only: SFT rows carry their own rendering.
     """
 
     task: str = "arc_easy"

@@ -5,21 +5,28 @@ train    the train split (or `data.train_file`) less the held-out items, at most
 holdout  `data.holdout_items` seeded train items (at most a tenth of the split) kept out of
          training to score sub-adapters in `select` searches; validation questions never go here;
 eval     the validation split (or `data.eval_file`), `eval.items` of it: the final numbers.
+
+Only multiple-choice items are scored: a `data.train_file` of SFT rows (`sft.py`) is all train
+(no holdout: `select` searches need an MC train file), and the final numbers come from the
+task's validation split or `data.eval_file`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from typing import TYPE_CHECKING
 
 import torch
 
-from . import data
+from . import data, sft
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .recipe import Recipe
+
+log = logging.getLogger(__name__)
 
 
 class RunData:
@@ -56,6 +63,11 @@ class RunData:
         coin = random.Random(seed)
         return [c if coin.random() < 0.5 else p for p, c in zip(items, chat, strict=True)]
 
+    @property
+    def tokenizer(self):
+        """The recipe model's tokenizer (as `from_pretrained` gives it)."""
+        return self._tokenizer
+
     @functools.cached_property
     def _tokenizer(self):
         from transformers import AutoTokenizer
@@ -72,9 +84,19 @@ class RunData:
         return data.subsample(self.all_eval, e.items, e.seed)
 
     @functools.cached_property
-    def _train_and_holdout(self) -> tuple[list[data.MCItem], list[data.MCItem]]:
+    def _train_and_holdout(self) -> tuple[list, list[data.MCItem]]:
         d, train_cfg = self.recipe.data, self.recipe.finetune.train
-        items = data.load_jsonl(d.train_file) if d.train_file else data.load_train_items(d.task)
+        items = sft.load_train_file(d.train_file) if d.train_file else data.load_train_items(d.task)
+        fmt = sft.item_format(items)
+        if fmt != "mc":  # SFT rows: trained on as they are rendered, nothing held out to score
+            if d.holdout_items:
+                log.info("`data.train_file` holds `%s` rows, not multiple choice: none is held "
+                         "out (`data.holdout_items` applies to MC rows only)", fmt)
+            train = data.subsample(items, train_cfg.train_items, train_cfg.seed)
+            if fmt == "messages":
+                train = sft.render_messages(train, self._tokenizer,
+                                            source=self.recipe.model.name_or_path)
+            return train, []
         n = min(d.holdout_items, len(items) // 10)  # never more than a tenth of the data
         train, holdout = data.split_holdout(items, n, avoid=self._raw_eval if n else ())
         train = data.subsample(train, train_cfg.train_items, train_cfg.seed)
@@ -83,8 +105,13 @@ class RunData:
                 self._render(holdout, self.recipe.eval.prompt_format))
 
     @property
-    def train(self) -> list[data.MCItem]:
+    def train(self) -> list[data.MCItem] | list[sft.SFTItem]:
         return self._train_and_holdout[0]
+
+    @property
+    def train_format(self) -> str:
+        """`mc`, or the SFT format of `data.train_file` (`messages`, `prompt-completion`, ...)."""
+        return sft.item_format(self.train)
 
     @property
     def holdout(self) -> list[data.MCItem]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
+from typing import Literal
 
 from ..device import Precision
 from ..errors import ConfigError
@@ -21,7 +22,15 @@ class TrainConfig:
             adapter mode's default (`NLSConfig.default_lr`: 3e-4, or 2e-3 for qa-sparsepeft).
         warmup_steps: steps of linear warm-up.
         weight_decay: AdamW weight decay on the adapters.
-        max_length: tokens per example; longer prompts are cut from the left.
+        max_length: tokens per example. MC items longer than this lose the start of their
+            prompt; SFT rows follow `overlong`.
+        overlong: SFT rows (`data.train_file` of messages / prompt-completion / text / Alpaca
+            rows) longer than `max_length`: `refuse` (default) stops before training, naming the
+            count and the longest row; `truncate` cuts them from the left (the prompt's start,
+            then earlier turns; the completion is kept as far as it fits) and the finetune
+            stage records how many (`truncated_rows`).
+        train_on_prompt: put the loss on the prompt tokens too (MC queries, SFT prompts, system
+            and user turns); default: on the completions only.
         precision: `auto` = bf16 autocast on AMX CPUs and Intel GPUs, fp32 otherwise.
         device: `auto`, `cpu` or `xpu[:N]`.
         seed: adapter init, data order, dropout and rank sampling.
@@ -48,6 +57,8 @@ class TrainConfig:
     train_items: int | None = None
     log_every: int = 1
     scales_lr: float | None = None
+    overlong: Literal["refuse", "truncate"] = "refuse"
+    train_on_prompt: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "max_length", "log_every"):
@@ -64,6 +75,11 @@ class TrainConfig:
         if self.scales_lr is not None and (isinstance(self.scales_lr, bool) or not isinstance(
                 self.scales_lr, (int, float)) or not 0 < self.scales_lr < 1):
             raise ConfigError(f"`finetune.scales_lr`={self.scales_lr!r} must be null or in (0, 1).")
+        if self.overlong not in ("refuse", "truncate"):
+            raise ConfigError(f"`finetune.overlong`={self.overlong!r}; use 'refuse' or 'truncate'.")
+        if not isinstance(self.train_on_prompt, bool):
+            raise ConfigError(f"`finetune.train_on_prompt`={self.train_on_prompt!r} must be true or "
+                              "false.")
         if self.precision not in typing.get_args(Precision):
             raise ConfigError(f"`finetune.precision`={self.precision!r}; use auto, bf16 or fp32.")
         if self.train_items is not None and (not isinstance(self.train_items, int)

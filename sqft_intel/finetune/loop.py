@@ -1,4 +1,5 @@
-"""The NLS training loop: one sub-adapter sampled per optimizer step, answer-only loss, resumable."""
+"""The NLS training loop: one sub-adapter sampled per optimizer step, loss on the completions
+(MC answers, SFT completions, assistant turns) only, resumable."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +19,7 @@ from ..data import MCItem
 from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError
 from ..evaluation.scoring import encode_request
+from ..sft import SFTItem, render_messages
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint_, save_checkpoint
 from .config import TrainConfig
@@ -34,6 +37,7 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int = 0
     precision: str = "fp32"
+    truncated: int = 0  # rows cut to `max_length` (MC rows, or SFT rows with overlong: truncate)
 
 
 def end_token_id(model: nn.Module | None, tokenizer) -> int | None:
@@ -51,32 +55,93 @@ def end_token_id(model: nn.Module | None, tokenizer) -> int | None:
     return int(eos)
 
 
-def build_examples(tokenizer, items: list[MCItem], max_length: int, end_id: int | None = None
-                   ) -> list[tuple[list[int], int]]:
-    """(token ids, answer length) per item, each answer followed by `end_id` so the model learns
-    to stop; prompts longer than `max_length` lose their start."""
-    examples = []
-    for it in items:
-        ids, n_answer = encode_request(tokenizer, it.query, it.answer, it.delimiter)
+class Example(NamedTuple):
+    """One training sequence: token ids and, per token, whether it is a loss target."""
+
+    ids: list[int]
+    loss: list[bool]
+
+
+def encode_item(tokenizer, item: MCItem | SFTItem, end_id: int | None = None, *,
+                train_on_prompt: bool = False) -> Example:
+    """Ids and loss mask of one training item, uncut, each completion followed by `end_id` so the
+    model learns to stop.
+
+    MC items: query + gold choice as the scorer encodes them (`encode_request`), loss on the
+    choice. SFT items: the segments encoded jointly (the tokens a segment adds to the text so far;
+    where a merge crosses the boundary, the segment on its own), loss on the completions; a
+    `messages` turn gets `end_id` only when its end-of-turn is not already that token.
+    """
+    if isinstance(item, MCItem):
+        ids, n_answer = encode_request(tokenizer, item.query, item.answer, item.delimiter)
         if end_id is not None:
             ids, n_answer = ids + [end_id], n_answer + 1  # learn to stop
-        if len(ids) > max_length:
-            ids = ids[-max_length:]
-            n_answer = min(n_answer, max_length - 1)
-        examples.append((ids, n_answer))
-    return examples
+        return Example(ids, [train_on_prompt] * (len(ids) - n_answer) + [True] * n_answer)
+    if item.messages and not item.segments:
+        (item,) = render_messages([item], tokenizer)
+    ids, loss, text = [], [], ""
+    for segment, completion in zip(item.segments, item.completion, strict=True):
+        text += segment
+        whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if whole[: len(ids)] != ids:
+            whole = ids + tokenizer(segment, add_special_tokens=False)["input_ids"]
+        new = whole[len(ids):]
+        if completion and end_id is not None and (item.format != "messages" or end_id not in new):
+            new.append(end_id)  # generation stops here
+        ids += new
+        loss += [completion or train_on_prompt] * len(new)
+    return Example(ids, loss)
 
 
-def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, Tensor]:
-    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 outside the answer)."""
+def fit_examples(examples: list[Example], items: list, max_length: int, overlong: str = "truncate"
+                 ) -> tuple[list[Example], int]:
+    """(examples cut to `max_length`, how many were cut). Cut from the left: the prompt's start
+    (earlier turns of a conversation) goes first, the completion is kept as far as it fits.
+
+    `overlong`: `truncate` cuts; `refuse` raises for any SFT row that does not fit. MC items are
+    cut in either case (as they always were) and counted.
+
+    Raises:
+        ConfigError: with `refuse`, the count of over-long SFT rows, the longest and the fixes.
+    """
+    long = [k for k, ex in enumerate(examples) if len(ex.ids) > max_length]
+    refused = [k for k in long if isinstance(items[k], SFTItem)]
+    if refused and overlong == "refuse":
+        worst = max(refused, key=lambda k: len(examples[k].ids))
+        n = len(examples[worst].ids)
+        raise ConfigError(
+            f"{len(refused)} of {len(items)} training rows are longer than `finetune.max_length`="
+            f"{max_length} tokens; the longest, {items[worst].where}, has {n}. Raise "
+            f"`finetune.max_length` (to {n} to fit them all), shorten or drop those rows, or set "
+            "`finetune.overlong: truncate` to cut them from the left (the completion is kept).")
+    out = []
+    for ex in examples:
+        if len(ex.ids) > max_length:
+            loss = ex.loss[-max_length:]
+            ex = Example(ex.ids[-max_length:], [False] + loss[1:])  # nothing predicts token 0
+        out.append(ex)
+    return out, len(long)
+
+
+def build_examples(tokenizer, items: list[MCItem | SFTItem], max_length: int,
+                   end_id: int | None = None, *, train_on_prompt: bool = False,
+                   overlong: str = "truncate") -> list[Example]:
+    """`encode_item` for each item, then `fit_examples` to `max_length`."""
+    examples = [encode_item(tokenizer, it, end_id, train_on_prompt=train_on_prompt) for it in items]
+    return fit_examples(examples, items, max_length, overlong)[0]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 where no loss)."""
     t = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
     attn = torch.zeros((len(examples), t), dtype=torch.long)
     labels = torch.full((len(examples), t), -100, dtype=torch.long)
-    for b, (seq, n) in enumerate(examples):
-        ids[b, : len(seq)] = torch.tensor(seq)
+    for b, (seq, loss) in enumerate(examples):
+        seq_t = torch.tensor(seq)
+        ids[b, : len(seq)] = seq_t
         attn[b, : len(seq)] = 1
-        labels[b, len(seq) - n: len(seq)] = torch.tensor(seq[len(seq) - n:])
+        labels[b, : len(seq)] = torch.where(torch.tensor(loss, dtype=torch.bool), seq_t, -100)
     return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
 
@@ -85,6 +150,9 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     batches, then the batches shuffled again. Little padding (ARC questions run 15-120 tokens),
     still a random order. A pure function of its arguments, so a resumed run sees the batches it
     would have seen. Incomplete batches are dropped while a full one exists.
+    On a synthetic mixed-length SFT file (2048 prompt/completion rows of 12-857 tokens, median
+    79), padding is 3.9 % of the batches' tokens at batch size 16 (3.5 % at 8), against 73.8 %
+    (66.4 %) for a plain shuffle.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(len(lengths), generator=g).tolist()
@@ -109,7 +177,7 @@ def _lr_lambda(cfg: TrainConfig):
 
 
 def finetune_(
-    model: nn.Module, tokenizer, items: list[MCItem], config: TrainConfig, *,
+    model: nn.Module, tokenizer, items: list[MCItem] | list[SFTItem], config: TrainConfig, *,
     checkpoint_dir: Path | None = None, fingerprint: str = "", progress: bool = True,
 ) -> TrainResult:
     """Train the model's NLS adapters in place (everything else stays frozen).
@@ -120,7 +188,8 @@ def finetune_(
     `fingerprint` and ends with adapters equal to an uninterrupted run.
 
     Raises:
-        ConfigError: no adapters on the model, no training items, or no learning rate.
+        ConfigError: no adapters on the model, no training items, no learning rate, or (with
+            `overlong='refuse'`) SFT rows longer than `max_length`.
 
     Example:
         >>> add_adapters_(model, NLSConfig(), masks=masks)                     # doctest: +SKIP
@@ -134,12 +203,17 @@ def finetune_(
     if config.lr is None:
         raise ConfigError("`TrainConfig.lr` is None: pass the learning rate, e.g. "
                           "`NLSConfig(mode=...).default_lr` (a recipe resolves it for you).")
+    encoded = [encode_item(tokenizer, it, end_token_id(model, tokenizer),
+                           train_on_prompt=config.train_on_prompt) for it in items]
+    examples, truncated = fit_examples(encoded, items, config.max_length, config.overlong)
+    if truncated:
+        log.info("%d of %d training rows cut from the left to `finetune.max_length`=%d tokens",
+                 truncated, len(items), config.max_length)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     distributed.init(device)
     torch.manual_seed(config.seed)  # dropout; adapter init happened in add_adapters_
     model.to(device)
-    examples = build_examples(tokenizer, items, config.max_length, end_token_id(model, tokenizer))
     lengths = [len(ids) for ids, _ in examples]
     n_batches = len(epoch_batches(lengths, config.batch_size, config.seed, 0))
     epochs: dict[int, list[list[int]]] = {}
@@ -156,7 +230,8 @@ def finetune_(
     loss_fn = distributed.wrap(model)  # DDP over the adapters when launched on several ranks
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    result = TrainResult(steps=config.steps, precision=str(dtype).removeprefix("torch."))
+    result = TrainResult(steps=config.steps, precision=str(dtype).removeprefix("torch."),
+                         truncated=truncated)
     start = 0
     if checkpoint_dir is not None:
         ckpt = latest_checkpoint(checkpoint_dir, fingerprint)

@@ -14,7 +14,7 @@ from ..adapters.api import add_adapters_, count_adapter_params, load_adapters_, 
 from ..artifacts import load_model_stage, load_stage, save_stage, sha256_file
 from ..errors import ArtifactError, ConfigError
 from ..finetune import distributed
-from ..finetune.loop import finetune_
+from ..finetune.loop import encode_item, end_token_id, finetune_, fit_examples
 from ..quantization.storage import INT4_FILE, load_int4_
 from ..recipe import Recipe
 from ..run_dir import TRAIN_LOG, RunDir
@@ -38,6 +38,30 @@ def check(recipe: Recipe, ctx: CheckContext) -> None:
                         "quantize")
     if "finetune" in ctx.running:
         require_train_items(recipe)
+        _check_overlong(recipe, ctx)
+
+
+def _check_overlong(recipe: Recipe, ctx: CheckContext) -> None:
+    """With `finetune.overlong: refuse`, SFT rows longer than `max_length` stop the run here,
+    before any weight loads (`finetune_` checks again with the loaded model's end token)."""
+    train, splits = recipe.finetune.train, recipe.splits
+    if splits.train_format == "mc" or train.overlong != "refuse":
+        return  # MC rows are cut from the left, as they always were
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from ..models import resolve_model
+
+    try:  # the generation config the stage will load: where generation stops
+        source = SimpleNamespace(generation_config=GenerationConfig.from_pretrained(
+            resolve_model(recipe.model.name_or_path)))
+    except OSError:  # no generation_config.json: transformers derives it from the config
+        source = ctx.skeleton
+    end_id = end_token_id(source, splits.tokenizer)
+    examples = [encode_item(splits.tokenizer, it, end_id, train_on_prompt=train.train_on_prompt)
+                for it in splits.train]
+    fit_examples(examples, splits.train, train.max_length, train.overlong)
 
 
 def _base_with_adapters(recipe: Recipe, run_dir: RunDir, base: str):
@@ -100,7 +124,9 @@ def run(recipe: Recipe, run_dir: RunDir, *, parent: str | None, fingerprint: str
                         "world_size": distributed.world()[1],
                         "adapter_params_max": count_adapter_params(model),
                         "rank_counts": res.rank_counts,
-                        "prompt_format": recipe.splits.prompt_format},
+                        "prompt_format": recipe.splits.prompt_format,
+                        "train_format": recipe.splits.train_format,
+                        "truncated_rows": res.truncated},
                fingerprint=fingerprint, base_masks_sha256=_masks_sha(run_dir, parent))
     shutil.rmtree(work, ignore_errors=True)
     distributed.barrier()

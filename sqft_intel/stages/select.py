@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 def check(recipe: Recipe, ctx: CheckContext) -> None:
     """A search needs held-out items to score on."""
     if "select" in ctx.running and recipe.select.is_search and not recipe.splits.holdout:
+        if recipe.splits.train_format != "mc":
+            raise ConfigError(
+                f"`select.strategy`={recipe.select.strategy!r} scores sub-adapters on held-out "
+                f"multiple-choice items, and `data.train_file` holds `{recipe.splits.train_format}` "
+                "rows, of which none is held out; use strategy 'heuristic', 'maximal', 'minimal' "
+                "or 'custom', or an MC train file.")
         raise ConfigError(f"`select.strategy`={recipe.select.strategy!r} scores sub-adapters on "
                           "held-out train items, and `data.holdout_items` is 0; set it to e.g. 200.")
 

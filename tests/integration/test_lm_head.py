@@ -8,7 +8,7 @@ token t+1) and `answer_loss` must shift the same way.
 
 import torch
 
-from sqft_intel.finetune.loop import collate
+from sqft_intel.finetune.loop import Example, collate
 from sqft_intel.lm_head import answer_loss
 from tests.conftest import make_tiny_llama
 
@@ -36,7 +36,8 @@ def test_answer_loss_equals_hf_loss_on_the_training_collate(tiny_tokenizer):
     examples = []
     for query, answer in pairs:
         ids = tiny_tokenizer(query + answer)["input_ids"]
-        examples.append((ids, len(tiny_tokenizer(answer)["input_ids"])))
+        n = len(tiny_tokenizer(answer)["input_ids"])
+        examples.append(Example(ids, [False] * (len(ids) - n) + [True] * n))
     batch = collate(examples, pad_id=tiny_tokenizer.pad_token_id)
     lengths = batch["attention_mask"].sum(1)
     assert len(set(lengths.tolist())) == 3 and (batch["attention_mask"] == 0).any()  # right padding

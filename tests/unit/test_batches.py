@@ -1,4 +1,4 @@
-from sqft_intel.finetune.loop import collate, epoch_batches
+from sqft_intel.finetune.loop import Example, collate, epoch_batches
 
 
 def test_epoch_batches_cover_each_example_once_and_are_deterministic():
@@ -27,8 +27,11 @@ def test_tiny_dataset_keeps_its_only_batch():
     assert epoch_batches([5, 6, 7], 8, seed=0, epoch=0) == [sorted([0, 1, 2], key=[5, 6, 7].__getitem__)]
 
 
-def test_collate_labels_only_the_answer():
-    batch = collate([([1, 2, 3, 4], 2), ([5, 6], 1)], pad_id=0)
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, -100, 3, 4], [-100, 6, -100, -100]]
+def test_collate_labels_only_the_loss_tokens():
+    batch = collate([Example([1, 2, 3, 4], [False, False, True, True]),
+                     Example([5, 6], [False, True]),
+                     Example([7, 8, 9], [False, True, False])], pad_id=0)  # e.g. two chat turns
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 0, 0], [7, 8, 9, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, 3, 4], [-100, 6, -100, -100],
+                                        [-100, 8, -100, -100]]

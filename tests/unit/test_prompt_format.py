@@ -35,8 +35,9 @@ def test_answers_end_with_the_generation_configs_end_token(tiny_tokenizer, tiny_
     assert end_token_id(tiny_llama, tiny_tokenizer) == eos
     tiny_llama.generation_config.eos_token_id = [7, eos]  # generation stops at 7 first
     assert end_token_id(tiny_llama, tiny_tokenizer) == 7
-    (ids, n), = build_examples(tiny_tokenizer, [ITEM], 128, end_token_id(tiny_llama, tiny_tokenizer))
-    assert ids[-1] == 7 and tiny_tokenizer.decode(ids[-n:-1]) == " the sun"
+    (ids, loss), = build_examples(tiny_tokenizer, [ITEM], 128, end_token_id(tiny_llama, tiny_tokenizer))
+    n = sum(loss)
+    assert ids[-1] == 7 and tiny_tokenizer.decode(ids[-n:-1]) == " the sun" and all(loss[-n:])
     tiny_llama.generation_config.eos_token_id = None
     assert end_token_id(tiny_llama, tiny_tokenizer) == eos
 
