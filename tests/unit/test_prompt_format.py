@@ -57,7 +57,7 @@ def test_auto_trains_an_instruct_model_on_both_formats_and_scores_plain(tiny_rec
     from sqft_intel.recipe import build_recipe, load_recipe_file
 
     raw = load_recipe_file(tiny_recipe)
-    auto = build_recipe(raw)
+    auto = build_recipe(raw, {"data": {"prompt_format": "auto"}})
     plain = build_recipe(raw, {"data": {"prompt_format": "plain"}})
     assert auto.splits.prompt_format == "mixed" and plain.splits.prompt_format == "plain"
     chat = [a for a in auto.splits.train if a.delimiter == ""]
