@@ -33,3 +33,9 @@ def require_covered(targets, suffixes: tuple[str, ...], who: str, why: str, sect
 def require_train_items(recipe) -> None:
     if not recipe.splits.train:
         raise ConfigError("the training data is empty; check `data.task` / `data.train_file`.")
+
+
+def require_calibration_text(recipe, cfg) -> None:
+    """Enough training text for `cfg`'s calib_samples x calib_seq_len tokens (sparsify or GPTQ),
+    found before a model is loaded."""
+    recipe.splits.calibration_ids(recipe.splits.tokenizer, cfg)

@@ -10,7 +10,7 @@ from ..quantization.api import layer_groups, quantize_
 from ..recipe import Recipe
 from ..run_dir import RunDir
 from ..targets import find_targets
-from .check import CheckContext, require_covered, require_train_items
+from .check import CheckContext, require_calibration_text, require_covered, require_train_items
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ def check(recipe: Recipe, ctx: CheckContext) -> None:
     require_covered(targets, recipe.sparsify.target_modules, "`quantize.target_modules` include",
                     "sparsify does not prune (no mask to keep)", "sparsify")
     require_train_items(recipe)
+    if recipe.quantize.method == "gptq":
+        require_calibration_text(recipe, recipe.quantize)
 
 
 def run(recipe: Recipe, run_dir: RunDir, *, parent: str | None, fingerprint: str,

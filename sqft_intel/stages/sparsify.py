@@ -10,7 +10,7 @@ from ..recipe import Recipe
 from ..run_dir import RunDir
 from ..sparsity.api import check_nm_fits, sparsify_
 from ..targets import find_targets
-from .check import CheckContext, require_train_items
+from .check import CheckContext, require_calibration_text, require_train_items
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ def check(recipe: Recipe, ctx: CheckContext) -> None:
     check_nm_fits(targets, recipe.sparsify.nm)
     if "sparsify" in ctx.running:
         require_train_items(recipe)
+        require_calibration_text(recipe, recipe.sparsify)
 
 
 def run(recipe: Recipe, run_dir: RunDir, *, parent: str | None, fingerprint: str,

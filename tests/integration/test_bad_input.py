@@ -10,6 +10,7 @@ import re
 import pytest
 import yaml
 
+from sqft_intel.errors import ArtifactError
 from sqft_intel.run_dir import RunDir
 from tests.conftest import copy_run, run_cli, write_jsonl
 
@@ -127,15 +128,26 @@ def test_missing_recipe_file(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
-def test_failed_rerun_keeps_the_good_stage(tmp_path, tiny_recipe, sqft_main):
-    """A stage that fails midway leaves the previous good stage directory untouched."""
+def test_failed_rerun_keeps_the_good_stage(tmp_path, tiny_recipe, sqft_main, monkeypatch):
+    """A stage refused up front, or failing midway, leaves the previous good stage untouched."""
+    import sqft_intel.stages.sparsify as stage
+
     out = tmp_path / "out"
     assert sqft_main("sparsify", "--recipe", tiny_recipe, "--out", out)[0] == 0
     before = (out / "sparsify" / "stage.json").read_text()
-    # too little calibration text for the request: fails inside the stage, after validation
+    # too little calibration text for the request: refused by validation, before any model loads
     code, _, err = sqft_main("sparsify", "--recipe", tiny_recipe, "--out", out,
                              "--set", "sparsify.calib_samples=100000")
     assert code == 2 and "calib_samples" in err
+    assert (out / "sparsify" / "stage.json").read_text() == before
+
+    def fails_midway(*args, **kwargs):
+        raise ArtifactError("Wanda failed on layer 3")
+
+    monkeypatch.setattr(stage, "sparsify_", fails_midway)  # the stage is running: model loaded
+    code, _, err = sqft_main("sparsify", "--recipe", tiny_recipe, "--out", out,
+                             "--set", "sparsify.sparsity=0.6")
+    assert code == 2 and "Wanda failed on layer 3" in err
     assert (out / "sparsify" / "stage.json").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["sparsify"]
 
