@@ -120,7 +120,8 @@ def child(name: str, batch: int, seq: int, warmup: int, steps: int, profile_top:
                                              dropout=dropout, target_modules=TARGETS,
                                              elastic_modules=("q_proj", "k_proj", "v_proj"),
                                              memory_efficient=efficient,
-                                             qa_base="dequantized"),  # same step cost as fp
+                                             qa_base="dequantized",  # same step cost as fp
+                                             learn_scales=False),  # as train_speed.json measured
                          masks=masks)
         gen = torch.Generator().manual_seed(0)
         sample = lambda: sq.sample_ranks_(model, gen)  # noqa: E731

@@ -219,3 +219,19 @@ def merge_keeping_logits(model, masks, tol: float):
         after = model(input_ids=ids).logits
     torch.testing.assert_close(after, before, atol=tol, rtol=0)
     return res
+
+
+def assert_int4_grid(merged: dict, base: dict, finetune_dir: Path, name: str) -> None:
+    """The merged layer `name` sits on the base's zero points, with the scales QA-SparsePEFT
+    trained (its fp32 masters as the forward used them: clamped, fp16) or, when they were frozen,
+    the base's scales, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    from sqft_intel.quantization.int4 import FP16_TINY
+
+    assert torch.equal(merged[f"{name}.zeros"], base[f"{name}.zeros"]), name
+    trained = load_file(Path(finetune_dir) / "adapters.safetensors")
+    learned = trained.get(f"{name.removesuffix('.weight')}.learned_scales")
+    want = base[f"{name}.scales"] if learned is None else learned.clamp(min=FP16_TINY).half()
+    assert torch.equal(merged[f"{name}.scales"], want), name

@@ -91,7 +91,7 @@ def add_adapters_(
         adapter = ElasticLoraLinear(lin, rank_space=space, scaling=config.scaling,
                                     dropout=config.dropout, mask=mask, group=group,
                                     qa_base=qa_base, memory_efficient=config.memory_efficient,
-                                    learn_scales=config.learn_scales)
+                                    learn_scales=config.trains_scales)
         adapter.train(lin.training)  # new modules default to train mode: keep the model's mode
         replace_module(model, fqn, adapter)
     return AdapterResult(config, sorted(targets), groups)

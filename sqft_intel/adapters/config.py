@@ -23,7 +23,8 @@ class NLSConfig:
         qa_base: QA-SparsePEFT's W̃: `dequantized` (the INT4 base's Q(W): at ΔW = 0 exactly the
             GPTQ model, but every weight sits mid-step and needs a half-step update to change) or
             `fp` (the FP sparse weights, the paper's choice: W̃ + ΔW⊙M is rounded on GPTQ's grid,
-            so training moves any weight near a rounding boundary). The README compares both.
+            so training moves any weight near a rounding boundary; the default: best on held-out
+            items, with learned scales, in the README's comparison).
         rank_space: ranks an adapter can be sliced to. Stored sorted, largest first.
         alpha: LoRA scaling numerator; `scaling = alpha / max(rank_space)` for every sub-rank.
         dropout: dropout on the adapter input only (never on the frozen base path). Default 0:
@@ -35,9 +36,10 @@ class NLSConfig:
         memory_efficient: SparsePEFT / QA-SparsePEFT training recomputes each layer's effective
             weight in backward instead of keeping it from forward (same gradients): less peak
             memory for a little more time per step (measured in benchmarks/train_speed.py).
-        learn_scales: QA-SparsePEFT only: the INT4 group scales σ train beside the adapters
-            (fp32 masters, `finetune.scales_lr`; zero points fixed). Zeros stay zeros for every
-            σ, and the INT4 merge writes the trained σ, so merge and export stay exact.
+        learn_scales: QA-SparsePEFT (other modes ignore it, as they ignore `qa_base`): the INT4
+            group scales σ train beside the adapters (fp32 masters, `finetune.scales_lr`; zero
+            points fixed). Zeros stay zeros for every σ, and the INT4 merge writes the trained σ,
+            so merge and export stay exact. On by default (best on held-out items).
     """
 
     mode: Literal["lora", "sparsepeft", "sqft", "qa-sparsepeft"] = "qa-sparsepeft"
@@ -46,9 +48,9 @@ class NLSConfig:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
     elastic_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
-    qa_base: Literal["dequantized", "fp"] = "dequantized"
+    qa_base: Literal["dequantized", "fp"] = "fp"
     memory_efficient: bool = False
-    learn_scales: bool = False
+    learn_scales: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -61,10 +63,6 @@ class NLSConfig:
                 "to the weights before quantization, so there is no separate adapter path to drop "
                 "out (dropping the base path is a known defect); set dropout to 0."
             )
-        if self.learn_scales and self.mode != "qa-sparsepeft":
-            raise ConfigError(
-                f"`finetune.learn_scales` trains the INT4 grid of QA-SparsePEFT; mode is "
-                f"{self.mode!r}. Use mode 'qa-sparsepeft' or set learn_scales to false.")
         try:
             ranks = tuple(sorted({int(r) for r in self.rank_space}, reverse=True))
         except (TypeError, ValueError) as e:
@@ -91,6 +89,11 @@ class NLSConfig:
             raise ConfigError(f"`finetune.dropout`={self.dropout} must be in [0, 1).")
         if self.alpha <= 0:
             raise ConfigError(f"`finetune.alpha`={self.alpha} must be positive.")
+
+    @property
+    def trains_scales(self) -> bool:
+        """Whether the INT4 scales train (`learn_scales` in QA-SparsePEFT)."""
+        return self.learn_scales and self.mode == "qa-sparsepeft"
 
     @property
     def quantized_base(self) -> bool:

@@ -152,7 +152,9 @@ def format_table(summary: dict) -> str:
                      f"{r['acc_norm']:>9.1%}")
     m = summary["merge"]
     qa = summary.get("recipe", {}).get("finetune", {}).get("mode") == "qa-sparsepeft"
-    kind = "INT4 on the base grid, masked" if qa else m["method"]
+    learned = summary.get("recipe", {}).get("finetune", {}).get("learn_scales", False)
+    grid = "the base's zero points, trained scales" if learned else "the base grid"
+    kind = f"INT4 on {grid}, masked" if qa else m["method"]
     lines.append(f"merge ({kind}): {m['total_new_nonzeros']} new nonzeros; a plain LoRA "
                  f"merge of the same adapters would leave the layers {m['mean_unmasked_density']:.1%}"
                  " dense")

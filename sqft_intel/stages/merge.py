@@ -47,8 +47,9 @@ def run(recipe: Recipe, run_dir: RunDir, *, parent: str | None, fingerprint: str
     m = res.metrics()
     save_stage(run_dir.merge, write, stage="merge", parent=parent, config=asdict(recipe.merge),
                metrics=m, targeted_modules=res.targeted_modules, fingerprint=fingerprint)
-    kind = "INT4 on the base grid (qa-sparsepeft)" if recipe.finetune.adapters.mode == "qa-sparsepeft" \
-        else recipe.merge.method
+    adapters = recipe.finetune.adapters
+    grid = "the base's zero points, trained scales" if adapters.trains_scales else "the base grid"
+    kind = f"INT4 on {grid} (qa-sparsepeft)" if adapters.mode == "qa-sparsepeft" else recipe.merge.method
     log.info("merge: %s, mean sparsity %.2f%%, new nonzeros %d (an unmasked LoRA merge would be "
              "%.2f%% dense) -> %s", kind, 100 * m["mean_sparsity"], m["total_new_nonzeros"],
              100 * m["mean_unmasked_density"], run_dir.merge)

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import sqft_intel as sq
 from sqft_intel import load_stage
-from tests.conftest import copy_run
+from tests.conftest import assert_int4_grid, copy_run
 
 LOGIT_TOL = 1e-4  # merged vs unmerged, fp32: the same function, summed in another order
 
@@ -134,8 +134,7 @@ def test_qa_sparsepeft_run_merges_into_exact_int4(tiny_int4_run):
     masks = load_file(out / "sparsify" / "masks.safetensors")
     changed = 0
     for name, keep in masks.items():
-        for part in ("scales", "zeros"):  # the base's grid, untouched
-            assert torch.equal(merged[f"{name}.{part}"], base[f"{name}.{part}"])
+        assert_int4_grid(merged, base, out / "finetune", name)  # base's z, trained σ
         q = unpack(merged[f"{name}.qweight"])
         z = merged[f"{name}.zeros"].repeat_interleave(32, dim=1)
         assert (q[~keep] == z[~keep]).all(), name

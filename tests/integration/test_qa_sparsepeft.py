@@ -42,7 +42,8 @@ def test_int4_merge_equals_the_trained_model_bit_for_bit(tiny_llama, qa_base):
     masks, fp = int4_sparse(tiny_llama)
     grids = {f: (m.scales.clone(), m.zeros.clone()) for f, m in tiny_llama.named_modules()
              if isinstance(m, Int4Linear)}
-    cfg = sq.NLSConfig(mode="qa-sparsepeft", rank_space=(8, 6, 4), alpha=16.0, qa_base=qa_base)
+    cfg = sq.NLSConfig(mode="qa-sparsepeft", rank_space=(8, 6, 4), alpha=16.0, qa_base=qa_base,
+                       learn_scales=False)  # the base's grid, frozen (learned: the test below)
     sq.add_adapters_(tiny_llama, cfg, masks=masks, fp_weights=fp)
     train_a_few_steps(tiny_llama)
     sq.set_active_ranks_(tiny_llama, "heuristic")
@@ -86,7 +87,8 @@ def test_learned_scales_keep_every_zero_and_merge_bit_exact(tiny_llama):
     masks, _ = int4_sparse(tiny_llama)
     base = {f: (m.scales.clone(), m.zeros.clone()) for f, m in tiny_llama.named_modules()
             if isinstance(m, Int4Linear)}
-    cfg = sq.NLSConfig(mode="qa-sparsepeft", rank_space=(8, 6, 4), alpha=16.0, learn_scales=True)
+    cfg = sq.NLSConfig(mode="qa-sparsepeft", rank_space=(8, 6, 4), alpha=16.0, learn_scales=True,
+                       qa_base="dequantized")
     sq.add_adapters_(tiny_llama, cfg, masks=masks)
     train_a_few_steps(tiny_llama, steps=6)
     sq.set_active_ranks_(tiny_llama, "heuristic")
@@ -121,9 +123,11 @@ def test_learned_scale_gradient_is_lsq_and_zero_at_pruned_weights():
     assert scale.grad.item() == pytest.approx(expected, abs=1e-5)
 
 
-def test_learn_scales_needs_qa_sparsepeft():
-    with pytest.raises(sq.ConfigError, match="learn_scales"):
-        sq.NLSConfig(mode="sparsepeft", learn_scales=True)
+def test_learn_scales_applies_to_qa_sparsepeft_only():
+    assert sq.NLSConfig().trains_scales  # the default: QA-SparsePEFT with learned scales
+    assert not sq.NLSConfig(mode="sparsepeft").trains_scales
+    assert not sq.NLSConfig(mode="sqft").trains_scales  # its INT4 base stays frozen
+    assert not sq.NLSConfig(learn_scales=False).trains_scales
 
 
 def test_ste_passes_gradient_only_inside_the_clamp_range():

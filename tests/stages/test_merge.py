@@ -11,7 +11,7 @@ from sqft_intel.quantization.int4 import unpack
 from sqft_intel.quantization.storage import INT4_FILE
 from sqft_intel.run_dir import RunDir
 from sqft_intel.stages.finetune import load_trained
-from tests.conftest import copy_run
+from tests.conftest import assert_int4_grid, copy_run
 from tests.stages.conftest import QA, recipe_of, run_stages, snapshot
 
 LOGIT_TOL = 1e-4  # merged vs unmerged, fp32: the same function, summed in another order
@@ -51,15 +51,14 @@ def test_plain_lora_merge_refills_pruned_weights(tmp_path, fp_run, stage_recipe)
     assert rec.metrics["mean_sparsity"] < 0.5
 
 
-def test_int4_merge_stays_on_the_base_grid(int4_run):
+def test_int4_merge_stays_on_the_base_zero_points(int4_run):
     run = RunDir(int4_run)
     assert sq.load_stage(run.merge, expect="merge", require=(INT4_FILE,)).metrics[
         "total_new_nonzeros"] == 0
     base, merged = load_file(run.quantize / INT4_FILE), load_file(run.merge / INT4_FILE)
     group = QA["quantize"]["group_size"]
     for name, keep in sq.load_masks(run.sparsify).items():
-        for part in ("scales", "zeros"):
-            assert torch.equal(merged[f"{name}.{part}"], base[f"{name}.{part}"]), (name, part)
+        assert_int4_grid(merged, base, run.finetune, name)  # base's z, trained σ
         q, z = unpack(merged[f"{name}.qweight"]), merged[f"{name}.zeros"].repeat_interleave(group, 1)
         assert (q[~keep] == z[~keep]).all(), name
 
