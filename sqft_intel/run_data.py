@@ -50,26 +50,22 @@ class RunData:
         (an instruct model), else `plain`."""
         fmt = self.recipe.data.prompt_format
         if fmt == "auto":
-            fmt = "mixed" if getattr(self._tokenizer, "chat_template", None) else "plain"
+            fmt = "mixed" if getattr(self.tokenizer, "chat_template", None) else "plain"
         return fmt
 
     def _render(self, items: list[data.MCItem], fmt: str, seed: int = 0) -> list[data.MCItem]:
         """`items` in prompt format `fmt`; `mixed`: a seeded half of them as chat."""
         if fmt == "plain" or not items:
             return items
-        chat = data.render_chat(items, self._tokenizer, source=self.recipe.model.name_or_path)
+        chat = data.render_chat(items, self.tokenizer, source=self.recipe.model.name_or_path)
         if fmt == "chat":
             return chat
         coin = random.Random(seed)
         return [c if coin.random() < 0.5 else p for p, c in zip(items, chat, strict=True)]
 
-    @property
+    @functools.cached_property
     def tokenizer(self):
         """The recipe model's tokenizer (as `from_pretrained` gives it)."""
-        return self._tokenizer
-
-    @functools.cached_property
-    def _tokenizer(self):
         from transformers import AutoTokenizer
 
         from .models import resolve_model
@@ -94,7 +90,7 @@ class RunData:
                          "out (`data.holdout_items` applies to MC rows only)", fmt)
             train = data.subsample(items, train_cfg.train_items, train_cfg.seed)
             if fmt == "messages":
-                train = sft.render_messages(train, self._tokenizer,
+                train = sft.render_messages(train, self.tokenizer,
                                             source=self.recipe.model.name_or_path)
             return train, []
         n = min(d.holdout_items, len(items) // 10)  # never more than a tenth of the data
