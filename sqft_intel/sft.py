@@ -140,6 +140,19 @@ _PARSERS = {"messages": _messages, "prompt-completion": _prompt_completion, "tex
             "alpaca": _alpaca, "mc": _doc_to_item}
 
 
+def parse_row(row: dict, where: str) -> SFTItem | MCItem:
+    """One training row in the format its keys say (`row_format`), as `load_train_file` reads it.
+
+    Raises:
+        ConfigError: the row fits no format, or a key is missing, mistyped or empty.
+    """
+    fmt = row_format(row)
+    if fmt is None:
+        raise ConfigError(f"{where}: the row fits no training format (got keys {sorted(row)}); "
+                          f"rows are {FORMATS_HINT}.")
+    return _PARSERS[fmt](row, where)
+
+
 def load_train_file(path: str | Path) -> list[MCItem] | list[SFTItem]:
     """The rows of a training file (JSONL, `.jsonl.gz` or a `.json` array), all of one format:
     `MCItem`s for multiple-choice rows, else `SFTItem`s (`messages` rows not yet rendered).

