@@ -32,11 +32,11 @@ def validate(recipe: Recipe, running: tuple[str, ...] | None = None, out: Path |
 
     Raises ConfigError/UnsupportedModelError before a single file is written.
     """
-    from . import data
+    from .run_data import check_task
 
     names = tuple(s.name for s in stages.chain(recipe)) if running is None else running
     if not recipe.data.train_file or not recipe.data.eval_file:
-        data.check_task(recipe.data.task)
+        check_task(recipe.data.task)
     config = load_config(recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code)
     skeleton = meta_model(config)
     if out is not None:

@@ -156,6 +156,11 @@ class EvalConfig:
         download their data, so they need a reachable hub).
     prompt_format: how validation and held-out items are scored: `plain` (default: the task's
         own prompts, as lm-eval scores them) or `chat` (each query through the chat template).
+        Multiple-choice tasks only.
+    max_new_tokens: generative tasks (gsm8k, math500, commonsense): tokens generated per item
+        at most (None: the task's own budget, `gen_tasks`).
+    num_fewshot: generative tasks: exemplars in each prompt (None: the task's default, gsm8k 5,
+        math500 0; commonsense takes none).
     """
 
     items: int | None = None
@@ -166,8 +171,14 @@ class EvalConfig:
     harness: Literal["builtin", "lm-eval"] = "builtin"
     tasks: tuple[str, ...] = ()
     prompt_format: Literal["plain", "chat"] = "plain"
+    max_new_tokens: int | None = None
+    num_fewshot: int | None = None
 
     def __post_init__(self):
+        for key, least in (("max_new_tokens", 1), ("num_fewshot", 0)):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                raise ConfigError(f"`eval.{key}`={v!r} must be null or an int >= {least}.")
         if self.items is not None and (not isinstance(self.items, int) or self.items < 1):
             raise ConfigError(f"`eval.items`={self.items!r} must be null or a positive int.")
         if self.harness not in ("builtin", "lm-eval"):

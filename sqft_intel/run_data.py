@@ -6,9 +6,11 @@ holdout  `data.holdout_items` seeded train items (at most a tenth of the split) 
          training to score sub-adapters in `select` searches; validation questions never go here;
 eval     the validation split (or `data.eval_file`), `eval.items` of it: the final numbers.
 
-Only multiple-choice items are scored: a `data.train_file` of SFT rows (`sft.py`) is all train
-(no holdout: `select` searches need an MC train file), and the final numbers come from the
-task's validation split or `data.eval_file`.
+Multiple-choice items are scored by log-likelihood: a `data.train_file` of SFT rows (`sft.py`) is
+all train (no holdout: `select` searches need an MC train file), and the final numbers come from
+the task's validation split or `data.eval_file`. A generative `data.task` (`gen_tasks`: gsm8k,
+math500, commonsense) evaluates `GenItem`s by generation and trains on its bundled SFT rows
+(`gen_tasks.train_task_for`) unless `data.train_file` is given; nothing is held out.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import data, sft
+from . import data, gen_tasks, sft
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -36,9 +38,17 @@ class RunData:
         self.recipe = recipe
 
     @functools.cached_property
+    def generative(self) -> bool:
+        """Scored by generation: `data.task` is a bundled generative task and no `data.eval_file`
+        (of MC rows) replaces its items."""
+        return is_generative(self.recipe.data.task) and not self.recipe.data.eval_file
+
+    @functools.cached_property
     def _raw_eval(self) -> list[data.MCItem]:
         d = self.recipe.data
-        return data.load_jsonl(d.eval_file) if d.eval_file else data.load_val_items(d.task)
+        if d.eval_file:
+            return data.load_jsonl(d.eval_file)
+        return [] if self.generative else data.load_val_items(d.task)
 
     @functools.cached_property
     def all_eval(self) -> list[data.MCItem]:
@@ -75,17 +85,27 @@ class RunData:
                                              trust_remote_code=m.trust_remote_code)
 
     @functools.cached_property
-    def eval(self) -> list[data.MCItem]:
+    def eval(self) -> list[data.MCItem] | list[gen_tasks.GenItem]:
+        """The scored items: `eval.items` of the validation split (for `commonsense`, of each of
+        its tasks)."""
         e = self.recipe.eval
+        if self.generative:
+            return gen_tasks.load_eval_items(self.recipe.data.task, e.items, e.seed,
+                                             num_fewshot=e.num_fewshot)
         return data.subsample(self.all_eval, e.items, e.seed)
 
     @functools.cached_property
     def _train_and_holdout(self) -> tuple[list, list[data.MCItem]]:
         d, train_cfg = self.recipe.data, self.recipe.finetune.train
-        items = sft.load_train_file(d.train_file) if d.train_file else data.load_train_items(d.task)
+        if d.train_file:
+            items = sft.load_train_file(d.train_file)
+        elif self.generative:
+            items = gen_tasks.load_train_sft(d.task, train_cfg.train_items, train_cfg.seed)
+        else:
+            items = data.load_train_items(d.task)
         fmt = sft.item_format(items)
         if fmt != "mc":  # SFT rows: trained on as they are rendered, nothing held out to score
-            if d.holdout_items:
+            if d.holdout_items and not self.generative:
                 log.info("`data.train_file` holds `%s` rows, not multiple choice: none is held "
                          "out (`data.holdout_items` applies to MC rows only)", fmt)
             train = data.subsample(items, train_cfg.train_items, train_cfg.seed)
@@ -132,3 +152,26 @@ class RunData:
                 f"the training text has {len(ids)} tokens, calibration needs calib_samples*"
                 f"calib_seq_len={need}; lower `calib_samples` or `calib_seq_len`.")
         return torch.tensor(ids[:need]).reshape(cfg.calib_samples, cfg.calib_seq_len)
+
+
+def is_generative(task: str) -> bool:
+    """A bundled task scored by generation (`gen_tasks.EVAL_TASKS`), not by log-likelihood."""
+    return task in gen_tasks.EVAL_TASKS
+
+
+def check_task(task: str) -> None:
+    """`task` is a bundled multiple-choice (`data.TASKS`) or generative task.
+
+    Raises:
+        ConfigError: neither, with the closest name.
+    """
+    if is_generative(task):
+        return
+    if task not in data.TASKS:
+        import difflib
+
+        known = sorted(data.TASKS) + list(gen_tasks.EVAL_TASKS)
+        close = difflib.get_close_matches(task, known, n=1)
+        raise ConfigError(f"`data.task`={task!r} is not a bundled task; use a multiple-choice task "
+                          f"{sorted(data.TASKS)} or a generative one {list(gen_tasks.EVAL_TASKS)}"
+                          + (f"; did you mean {close[0]!r}?" if close else "."))

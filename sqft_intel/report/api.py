@@ -58,7 +58,18 @@ def _sections(d: dict, folder: Path) -> list[str]:
     from . import plots  # matplotlib: imported only when a report is drawn
     out = []
     s = d["summary"]
-    if s:
+    if s and s.get("generative"):
+        cols = [(t, m) for t, ms in s["metrics"].items() for m in ms]
+        out.append(f"<h2>Accuracy by generation ({html.escape(s['task'])}, {s['eval_items']} "
+                   "items, greedy)</h2>")
+        out.append(_table(["variant", "sparsity", *(f"{t} {m}" for t, m in cols), "mean", "run by"],
+                          [[r["variant"], _pct(r.get("sparsity")),
+                            *(_pct(r["scores"][t][m]) for t, m in cols), _pct(r["acc"]),
+                            r.get("backend", "")] for r in s["rows"]]))
+        out.append(f'<p class="note">Every generation, its extracted answer and the gold: '
+                   f'{html.escape(", ".join(r["records"] for r in s["rows"]))}.</p>')
+        out.append(_img(plots.accuracy_bars(s["rows"], folder / "accuracy.png"), "accuracy"))
+    elif s:
         out.append(f"<h2>Accuracy ({html.escape(s['task'])}, {s['eval_items']} validation items)</h2>")
         out.append(_table(["variant", "sparsity", "acc", "acc_norm", "scored in"],
                           [[r["variant"], _pct(r["sparsity"]), _pct(r["acc"]), _pct(r["acc_norm"]),

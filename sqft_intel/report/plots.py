@@ -100,12 +100,15 @@ def pareto(trials: list[dict], front: list[dict], metric: str, path: Path) -> Pa
 
 
 def accuracy_bars(rows: list[dict], path: Path) -> Path:
-    """acc and acc_norm of every evaluated variant."""
+    """acc and acc_norm of every evaluated variant (acc alone for generative rows)."""
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(rows)))
         y = range(len(rows))
-        ax.barh([i + 0.2 for i in y], [r["acc"] for r in rows], height=0.4, label="acc")
-        ax.barh([i - 0.2 for i in y], [r["acc_norm"] for r in rows], height=0.4, label="acc_norm")
+        if all("acc_norm" in r for r in rows):
+            ax.barh([i + 0.2 for i in y], [r["acc"] for r in rows], height=0.4, label="acc")
+            ax.barh([i - 0.2 for i in y], [r["acc_norm"] for r in rows], height=0.4, label="acc_norm")
+        else:
+            ax.barh(list(y), [r["acc"] for r in rows], height=0.6, label="acc (mean over tasks)")
         ax.set_yticks(list(y))
         ax.set_yticklabels([r["variant"] for r in rows], fontsize=8)
         ax.invert_yaxis()

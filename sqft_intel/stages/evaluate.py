@@ -29,6 +29,15 @@ def check(recipe: Recipe, ctx: CheckContext) -> None:
     """There are items to score; lm-eval is installed and knows every task asked for."""
     if not recipe.splits.eval:
         raise ConfigError("the evaluation data is empty; check `data.eval_file`.")
+    if recipe.splits.generative:
+        if recipe.eval.harness == "lm-eval":
+            raise ConfigError(f"`eval.harness`='lm-eval' scores multiple-choice tasks; "
+                              f"`data.task`={recipe.data.task!r} is scored by generation with the "
+                              "built-in harness (torch and the OpenVINO export): use 'builtin'.")
+        if recipe.eval.prompt_format != "plain":
+            raise ConfigError(f"`eval.prompt_format`={recipe.eval.prompt_format!r} renders "
+                              "multiple-choice queries; a generative task's prompts are its own. "
+                              "Use 'plain'.")
     if recipe.eval.harness != "lm-eval":
         return
     from ..evaluation.harness import require_lm_eval
@@ -52,18 +61,14 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict:
     """The accuracy table (built-in scorer, OUT/summary.json), or lm-eval (OUT/lm_eval.json)."""
     if recipe.eval.harness == "lm-eval":
         return run_lm_eval(recipe, run_dir)
+    if recipe.splits.generative:
+        from . import evaluate_gen
+
+        return evaluate_gen.run(recipe, run_dir, variants(recipe, run_dir))
     items = recipe.splits.eval
     masks = load_masks(run_dir.sparsify)
-    sparse = f"sparse ({recipe.sparsify.target_sparsity:.0%} wanda)"
-    variants = [("dense", recipe.model.name_or_path), (sparse, str(run_dir.sparsify))]
-    mode = recipe.finetune.adapters.mode
-    if recipe.finetune.adapters.quantized_base:
-        q = recipe.quantize
-        variants.append((f"{sparse[:-1]}, INT4 {q.method} g{q.group_size})", str(run_dir.quantize)))
-    int4 = " INT4" if mode == "qa-sparsepeft" else ""
-    variants.append((f"sparse + NLS {mode}, merged{int4}", str(run_dir.merge)))
     rows = []
-    for name, source in variants:
+    for name, source in variants(recipe, run_dir):
         log.info("eval: %s on %d %s validation items", name, len(items), recipe.data.task)
         rows.append({"variant": name, "source": source, **evaluate_dir(recipe, source, items, masks)})
     merge = load_stage(run_dir.merge, expect="merge").metrics
@@ -83,6 +88,19 @@ def run(recipe: Recipe, run_dir: RunDir) -> dict:
     write_json_atomic(run_dir.summary, summary)
     print(format_table(summary), flush=True)
     return summary
+
+
+def variants(recipe: Recipe, run_dir: RunDir) -> list[tuple[str, str]]:
+    """(name, model folder or hub id) of every model a run scores: dense, sparse, INT4, merged."""
+    sparse = f"sparse ({recipe.sparsify.target_sparsity:.0%} wanda)"
+    out = [("dense", recipe.model.name_or_path), (sparse, str(run_dir.sparsify))]
+    mode = recipe.finetune.adapters.mode
+    if recipe.finetune.adapters.quantized_base:
+        q = recipe.quantize
+        out.append((f"{sparse[:-1]}, INT4 {q.method} g{q.group_size})", str(run_dir.quantize)))
+    int4 = " INT4" if mode == "qa-sparsepeft" else ""
+    out.append((f"sparse + NLS {mode}, merged{int4}", str(run_dir.merge)))
+    return out
 
 
 def evaluate_dir(recipe: Recipe, source: str, items, masks) -> dict:

@@ -27,9 +27,9 @@ def check(recipe: Recipe, ctx: CheckContext) -> None:
         if recipe.splits.train_format != "mc":
             raise ConfigError(
                 f"`select.strategy`={recipe.select.strategy!r} scores sub-adapters on held-out "
-                f"multiple-choice items, and `data.train_file` holds `{recipe.splits.train_format}` "
-                "rows, of which none is held out; use strategy 'heuristic', 'maximal', 'minimal' "
-                "or 'custom', or an MC train file.")
+                f"multiple-choice items, and the training data holds `{recipe.splits.train_format}` "
+                "rows (`data.train_file`, or a generative task's own), of which none is held out; "
+                "use strategy 'heuristic', 'maximal', 'minimal' or 'custom', or an MC train file.")
         raise ConfigError(f"`select.strategy`={recipe.select.strategy!r} scores sub-adapters on "
                           "held-out train items, and `data.holdout_items` is 0; set it to e.g. 200.")
 

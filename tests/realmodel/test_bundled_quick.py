@@ -203,6 +203,44 @@ def test_lm_eval_merged_and_openvino_agree(quick_run, tmp_path):
         assert lps == pytest.approx(logprobs["openvino"][doc], abs=2e-3), doc
 
 
+def test_generative_eval_scores_every_variant_and_the_deployed_export(quick_run, tmp_path):
+    """`sqft eval` of a generative task (BoolQ by generation, commonsense_170k's Alpaca prompt):
+    every variant and the OpenVINO export generate the same items, each with its per-item records
+    beside the summary; the export (GenAI) says what the torch model holding the IR's own weights
+    says (greedy, fp32 parity settings)."""
+    import shutil
+
+    from sqft_intel.evaluation.generate import generate_torch
+    from sqft_intel.evaluation.generative import read_records
+
+    out = tmp_path / "run"
+    shutil.copytree(quick_run[0], out)
+    proc = run_cli("eval", "--quick", "--out", str(out), "--no-progress",
+                   "--set", "data.task=commonsense_boolq", "--set", "eval.items=8",
+                   "--set", "eval.max_new_tokens=8")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "commonsense_boolq by generation" in proc.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["generative"] and s["task"] == "commonsense_boolq" and s["eval_items"] == 8
+    assert [r["variant"] for r in s["rows"]] == [
+        "dense", "sparse (50% wanda)", "sparse (50% wanda, INT4 gptq g64)",
+        "sparse + NLS qa-sparsepeft, merged INT4", "openvino export"]
+    prompts = None
+    for r in s["rows"]:
+        recs = read_records(out / r["records"])
+        assert len(recs) == r["n"] == 8
+        assert prompts is None or [x["prompt"] for x in recs] == prompts  # the same items
+        prompts = [x["prompt"] for x in recs]
+        assert r["scores"]["commonsense_boolq"]["acc"] == sum(x["correct"]["acc"] for x in recs) / 8
+        assert {x["gold"] for x in recs} <= {"true", "false"}
+    ov = read_records(out / s["rows"][-1]["records"])
+    reference, tok = sq.ir_reference(out / "openvino", out / "merge")
+    texts = generate_torch(reference.eval(), tok, prompts, max_new_tokens=8, progress=False)
+    same = sum(x["generation"] == t for x, t in zip(ov, texts, strict=True))
+    # one greedy near-tie (logits within verify's 2e-3) may take another token
+    assert same >= 7, [(x["generation"], t) for x, t in zip(ov, texts, strict=True)]
+
+
 def test_bundled_tokenizer_has_smollm2s_special_tokens():
     """eos = pad = <|im_end|> (where every runtime stops), no BOS prepended, and the generation
     config agrees; the conversion cache is versioned, so an older converted copy is not reused."""

@@ -51,7 +51,7 @@ def test_overlong_rows_stop_the_run_before_weights_load(chat_recipe):
     # nothing of an SFT file is held out: a select search says why
     search = recipe_of(chat_recipe, {"select": {"strategy": "hill-climb"}})
     assert search.splits.holdout == [] and search.splits.train_format == "messages"
-    with pytest.raises(sq.ConfigError, match="holds `messages` rows, of which none is held out"):
+    with pytest.raises(sq.ConfigError, match="holds `messages` rows .*, of which none is held out"):
         sq.validate(search, ("select",))
 
 
