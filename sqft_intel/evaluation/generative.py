@@ -73,7 +73,9 @@ def score_generative(task: GenTaskLike, items: Sequence[GenItemLike], generation
 def write_records(path: Path, records: Sequence[dict]) -> Path:
     """Write `records` as JSONL, one JSON object a line, atomically (a temporary sibling renamed
     over `path`). Non-ASCII characters are \\u-escaped: the file reads the same in any locale."""
-    return write_text_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in records))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def read_records(path: Path) -> list[dict]:
