@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import write_result  # noqa: E402
+from _common import RESULTS, write_result  # noqa: E402
 
 import sqft_intel as sq  # noqa: E402
 from sqft_intel.device import set_threads  # noqa: E402
@@ -135,6 +135,10 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     return plain, tok, eff, seconds
 
 
+ROWS = ("qa-sparsepeft-int4-merged", "qa-learned-scales", "qa-fp-base", "qa-fp-base-learned-scales",
+        "sparsepeft-fp-merged", "naive-fp-merge-then-rtn", "nncf-fq-lora")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="a finished default `sqft run` directory")
@@ -142,7 +146,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--items", type=int, default=None, help="validation items (default all)")
     ap.add_argument("--nncf-lr", type=float, default=5e-4)
+    ap.add_argument("--only", nargs="+", choices=ROWS, default=None,
+                    help="measure only these rows; the others are kept from the existing JSON")
     args = ap.parse_args()
+    want = set(args.only or ROWS)
     set_threads()
     run = args.run
     work = args.work or run.parent / "int4-paths"
@@ -152,34 +159,44 @@ def main() -> None:
                                               "eval": {"items": args.items}})
     masks = sq.load_masks(sq.RunDir(run).sparsify)
     rows = {}
+    if args.only:  # keep the rows not re-measured, each marked with the date it was measured
+        old = json.loads((RESULTS / "int4_paths.json").read_text())
+        rows = {k: {**r, "measured": r.get("measured", old["date"])} for k, r in old["rows"].items()}
 
-    model, tok = sq.load_model(str(sq.RunDir(run).merge))
-    rows["qa-sparsepeft-int4-merged"] = evaluate(model, tok, recipe, masks)
-    print("qa", rows["qa-sparsepeft-int4-merged"], flush=True)
+    if "qa-sparsepeft-int4-merged" in want:
+        model, tok = sq.load_model(str(sq.RunDir(run).merge))
+        rows["qa-sparsepeft-int4-merged"] = evaluate(model, tok, recipe, masks)
+        print("qa", rows["qa-sparsepeft-int4-merged"], flush=True)
 
     for name, finetune in (("qa-learned-scales", {"learn_scales": True}),
                            ("qa-fp-base", {"qa_base": "fp"}),
                            ("qa-fp-base-learned-scales", {"qa_base": "fp", "learn_scales": True})):
+        if name not in want:
+            continue
         model, tok = sq.load_model(str(qa_variant(run, work / name, recipe, steps=args.steps, **finetune)))
         rows[name] = evaluate(model, tok, recipe, masks)
         print(name, rows[name], flush=True)
 
-    fp_merge = fp_sparsepeft(run, work / "sparsepeft", recipe)
-    model, tok = sq.load_model(str(fp_merge))
-    rows["sparsepeft-fp-merged"] = evaluate(model, tok, recipe, masks)
-    print("fp", rows["sparsepeft-fp-merged"], flush=True)
+    if want & {"sparsepeft-fp-merged", "naive-fp-merge-then-rtn"}:
+        fp_merge = fp_sparsepeft(run, work / "sparsepeft", recipe)
+        model, tok = sq.load_model(str(fp_merge))
+        rows["sparsepeft-fp-merged"] = evaluate(model, tok, recipe, masks)
+        print("fp", rows["sparsepeft-fp-merged"], flush=True)
 
-    model, tok = naive_rtn(fp_merge, masks)
-    with torch.no_grad():
-        eff = {f"{f}.weight": m.dequantized_weight() for f, m in model.named_modules()
-               if hasattr(m, "dequantized_weight")}
-    rows["naive-fp-merge-then-rtn"] = evaluate(model, tok, recipe, masks, eff)
-    print("naive", rows["naive-fp-merge-then-rtn"], flush=True)
+        model, tok = naive_rtn(fp_merge, masks)
+        with torch.no_grad():
+            eff = {f"{f}.weight": m.dequantized_weight() for f, m in model.named_modules()
+                   if hasattr(m, "dequantized_weight")}
+        rows["naive-fp-merge-then-rtn"] = evaluate(model, tok, recipe, masks, eff)
+        print("naive", rows["naive-fp-merge-then-rtn"], flush=True)
 
-    model, tok, eff, seconds = nncf_fq_lora(run, recipe, args.steps, args.nncf_lr)
-    rows["nncf-fq-lora"] = {**evaluate(model, tok, recipe, masks, eff), "train_seconds": seconds,
-                            "lr": args.nncf_lr}
-    print("nncf", rows["nncf-fq-lora"], flush=True)
+    if "nncf-fq-lora" in want:
+        model, tok, eff, seconds = nncf_fq_lora(run, recipe, args.steps, args.nncf_lr)
+        rows["nncf-fq-lora"] = {**evaluate(model, tok, recipe, masks, eff), "train_seconds": seconds,
+                                "lr": args.nncf_lr}
+        print("nncf", rows["nncf-fq-lora"], flush=True)
+    for name in want:
+        rows[name].pop("measured", None)
 
     print(f"\n{'path':<28} {'precision':<10} {'sparsity':>9} {'new nonzeros':>13} {'acc':>7} "
           f"{'acc_norm':>9} {'held-out acc':>13}")
