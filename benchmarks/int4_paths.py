@@ -88,7 +88,7 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
     from nncf.torch.function_hook.wrapper import get_hook_storage
 
-    from sqft_intel.device import autocast
+    from sqft_intel.device import autocast, resolve_precision
     from sqft_intel.finetune.loop import build_examples, collate, end_token_id, epoch_batches
 
     model, tok = sq.load_model(str(sq.RunDir(run).sparsify))
@@ -108,10 +108,12 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     examples = build_examples(tok, recipe.splits.train, cfg.max_length, end_token_id(None, tok))
     batches = epoch_batches([len(e[0]) for e in examples], cfg.batch_size, cfg.seed, 0)
     model.train()
+    cpu = torch.device("cpu")
+    dtype = resolve_precision(cfg.precision, cpu)  # as our fine-tune: bf16 only where it is fast
     t0 = time.perf_counter()
     for step in range(steps):
         idx = batches[step % len(batches)]
-        with autocast(torch.device("cpu"), torch.bfloat16):  # top-level forward: NNCF's hooks run
+        with autocast(cpu, dtype):  # top-level forward: NNCF's hooks run
             loss = model(**collate([examples[i] for i in idx], tok.pad_token_id)).loss
         loss.backward()
         opt.step()
@@ -132,7 +134,7 @@ def nncf_fq_lora(run: Path, recipe, steps: int, lr: float):
     with torch.no_grad():
         for name, w in eff.items():
             params[name].copy_(w)
-    return plain, tok, eff, seconds
+    return plain, tok, eff, seconds, str(dtype).removeprefix("torch.")
 
 
 ROWS = ("qa-sparsepeft-int4-merged", "qa-learned-scales", "qa-fp-base", "qa-fp-base-learned-scales",
@@ -191,9 +193,9 @@ def main() -> None:
         print("naive", rows["naive-fp-merge-then-rtn"], flush=True)
 
     if "nncf-fq-lora" in want:
-        model, tok, eff, seconds = nncf_fq_lora(run, recipe, args.steps, args.nncf_lr)
+        model, tok, eff, seconds, dtype = nncf_fq_lora(run, recipe, args.steps, args.nncf_lr)
         rows["nncf-fq-lora"] = {**evaluate(model, tok, recipe, masks, eff), "train_seconds": seconds,
-                                "lr": args.nncf_lr}
+                                "lr": args.nncf_lr, "train_precision": dtype}
         print("nncf", rows["nncf-fq-lora"], flush=True)
     for name in want:
         rows[name].pop("measured", None)
