@@ -28,7 +28,7 @@ def test_bundled_batched_equals_one_by_one():
 
     model, tok = sq.load_model("smollm2-135m")
     prompts = [f"{SHOTS}Question: {q}\nAnswer:" for q in QUESTIONS]
-    kw = {"max_new_tokens": 40, "stop": ("Question:", "\n\n"), "progress": False}
+    kw = {"max_new_tokens": 24, "stop": ("Question:", "\n\n"), "progress": False}
     one_stats, batch_stats = GenerationStats(), GenerationStats()
     one = generate_torch(model, tok, prompts, batch_size=1, stats=one_stats, **kw)
     batched = generate_torch(model, tok, prompts, batch_size=6, stats=batch_stats, **kw)
