@@ -174,4 +174,4 @@ def check_task(task: str) -> None:
         close = difflib.get_close_matches(task, known, n=1)
         raise ConfigError(f"`data.task`={task!r} is not a bundled task; use a multiple-choice task "
                           f"{sorted(data.TASKS)} or a generative one {list(gen_tasks.EVAL_TASKS)}"
-                          + (f"; did you mean {close[0]!r}?" if close else "."))
+                          + (f". Did you mean {close[0]!r}?" if close else "."))

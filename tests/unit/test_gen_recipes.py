@@ -22,7 +22,7 @@ def test_generative_tasks_are_bundled_tasks(task):
 
 
 def test_an_unknown_task_names_both_kinds_and_the_closest():
-    with pytest.raises(sq.ConfigError, match=r"generative one .*'gsm8k'.*did you mean 'gsm8k'"):
+    with pytest.raises(sq.ConfigError, match=r"generative one .*'gsm8k'.*Did you mean 'gsm8k'"):
         check_task("gsm8")
     with pytest.raises(sq.ConfigError, match="multiple-choice task"):
         check_task("no_such_task")
